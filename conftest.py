@@ -1,0 +1,3 @@
+"""Root conftest: lists the fixture modules, holds no logic."""
+
+pytest_plugins = []
