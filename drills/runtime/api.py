@@ -1,8 +1,8 @@
 """One way to start the application's API container, next to its database on a private network.
 
-    >>> api = start_api(image, session, network=net, database_url=url,
-    ...                 uploads_volume=vol)                                # doctest: +SKIP
-    >>> requests.get(api.url("/health")).status_code                      # doctest: +SKIP
+>>> api = start_api(image, session, network=net, database_url=url,
+...                 uploads_volume=vol)                                # doctest: +SKIP
+>>> requests.get(api.url("/health")).status_code                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ApiContainer(LabelledContainer):
         for key, value in (env or {}).items():
             self.with_env(key, value)
         if uploads_volume:
-            self._kwargs["volumes"] = {uploads_volume: {"bind": uploads_dir, "mode": "ro"}}
+            self.with_volume_mapping(uploads_volume, uploads_dir, "ro")
         self.publish(port)
 
     def url(self, path: str = "/") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -92,10 +93,8 @@ class LabelledContainer(DockerContainer):
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
         """Remove the container; a container already gone is not an error."""
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             super().stop(force=force, delete_volume=delete_volume)
-        except docker.errors.NotFound:
-            pass
 
     def start_or_clean(self, ready: Callable[[], None]) -> LabelledContainer:
         """Start, wait until `ready()` returns; on any failure remove the container first."""

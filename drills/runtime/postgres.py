@@ -1,8 +1,8 @@
 """One way to start a throwaway Postgres container: image, major, tuning, labels, network.
 
-    >>> pg = start_postgres(image, session, tuning="restore")     # doctest: +SKIP
-    >>> with pg.connect() as conn: conn.execute("select 1")         # doctest: +SKIP
-    >>> pg.stop()                                                   # doctest: +SKIP
+>>> pg = start_postgres(image, session, tuning="restore")     # doctest: +SKIP
+>>> with pg.connect() as conn: conn.execute("select 1")         # doctest: +SKIP
+>>> pg.stop()                                                   # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""The `drill` command: demo, images, and the commands of later drills.
+
+Exit codes: 0 success; 1 a drill or command failed (named cause); 2 configuration or usage
+error; 3 environment error (no Docker engine, an image cannot be built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from drills import __version__
+from drills.errors import DrillError
+
+
+def _images(args: argparse.Namespace) -> int:
+    from drills.runtime import engine, images
+
+    client = engine.connect()
+    for major in args.major or [15]:
+        started = time.monotonic()
+        tag = images.ensure_postgres_image(client, major)
+        version = images.image_postgres_version(client, tag) or "?"
+        print(
+            f"postgres {major}: {tag} (PostgreSQL {version}) in {time.monotonic() - started:.1f} s"
+        )
+    if not args.no_app:
+        started = time.monotonic()
+        tag = images.ensure_app_image(client)
+        print(f"app: {tag} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from drills import demo
+
+    return demo.main(scale=args.scale)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `drill` command."""
+    parser = argparse.ArgumentParser(prog="drill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"recovery-drills {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    images = commands.add_parser("images", help="ensure the offline images a drill needs")
+    images.add_argument(
+        "--major", type=int, action="append", help="Postgres major (repeatable; default 15)"
+    )
+    images.add_argument("--no-app", action="store_true", help="skip the sample application image")
+    images.set_defaults(func=_images)
+
+    demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
+    demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `drill` command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except DrillError as exc:
+        print(f"drill: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("drill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
