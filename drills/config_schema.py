@@ -1,0 +1,371 @@
+"""The drill.toml schema: one frozen dataclass per section, every setting documented here.
+
+Each setting is a `knob`: its default, its one-line meaning and, where a type is not enough,
+a check of its value. `drills.config` loads and resolves these; `docs/configuration.md` is the
+reference for users. Conventions the loader relies on:
+
+- a `float` setting is a duration in seconds (written "90s", "15m", "2h", "1d", "1h30m" or a
+  number of seconds);
+- a `tuple[str, ...]` setting is a TOML array of strings;
+- a section typed `X | None` is a drill: left out of every source, it is `None` (not drilled).
+"""
+
+# knob() is a dataclasses.field() with a doc; ruff cannot tell it from a mutable default call.
+# ruff: noqa: RUF009
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+MINUTE = 60.0
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+Check = Callable[[Any], str | None]
+
+
+def knob(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    check: Check | None = None,
+    factory: Callable[[], Any] | Any = MISSING,
+) -> Any:
+    """A setting: its default (or `factory`), its meaning, and an optional check of a value.
+
+    A check returns None when the value is fine, else the end of a sentence that starts with
+    the key's name, e.g. 'must start with "/", got "health"'.
+    """
+    return field(default=default, default_factory=factory, metadata={"doc": doc, "check": check})
+
+
+def show(value: Any) -> str:
+    """A value as a user wrote it, for error messages: strings quoted, passwords hidden."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + redact_text(value).replace('"', '\\"') + '"'
+    return redact_text(repr(value))
+
+
+def _storage_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return "must not carry credentials; give them through the environment or a profile"
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            return f"needs an absolute path, e.g. file:///var/backups/drishti, got {show(url)}"
+    elif parts.scheme == "s3":
+        if not parts.netloc:
+            return f"needs a bucket, e.g. s3://drishti-backups/prod, got {show(url)}"
+    else:
+        return f"must be file:///abs/dir or s3://bucket/prefix, got {show(url)}"
+    return None
+
+
+def _http_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return None
+    return f"must be an http:// or https:// URL, got {show(url)}"
+
+
+def _env_name(name: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return None
+    # The value is not echoed: a user who misread the key may have written the secret here.
+    return "must be the name of an environment variable (letters, digits, _), not a secret"
+
+
+def _prefix(prefix: str) -> str | None:
+    if prefix == "" or prefix.endswith("/"):
+        return None
+    return f'must end with "/" (or be "" for the root), got {show(prefix)}'
+
+
+def _absolute(path: str) -> str | None:
+    return None if path.startswith("/") else f'must start with "/", got {show(path)}'
+
+
+def _port(port: int) -> str | None:
+    return None if 1 <= port <= 65535 else f"must be a port between 1 and 65535, got {port}"
+
+
+def _positive(number: int) -> str | None:
+    return None if number > 0 else f"must be greater than 0, got {number}"
+
+
+def _not_negative(number: int) -> str | None:
+    return None if number >= 0 else f"must not be negative, got {number}"
+
+
+def _major(major: int) -> str | None:
+    return None if major >= 10 else f"must be a PostgreSQL major such as 15 or 17, got {major}"
+
+
+def _iso_time(text: str) -> str | None:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return f"must be an ISO-8601 time such as 2025-01-15T02:00:00Z, got {show(text)}"
+    if when.tzinfo is None:
+        # Postgres would read a naive time in the server's zone: a silently different target.
+        return f"needs a UTC offset (Z or +02:00), got {show(text)}"
+    return None
+
+
+@dataclass(frozen=True)
+class EstateSettings:
+    """[estate]: the estate being drilled (the application and its data)."""
+
+    name: str = knob("estate", "Name of the estate, shown in reports and evidence.")
+
+
+@dataclass(frozen=True)
+class StoragePrefixes:
+    """[storage.prefixes]: where each kind of backup lives under the storage URL."""
+
+    database: str = knob("database/", "Database dumps and their manifests.", check=_prefix)
+    files: str = knob("files/", "Upload snapshots (current/ and dated copies).", check=_prefix)
+    config: str = knob("config/", "Config archives (.tar.gz, or .tar.gz.gpg).", check=_prefix)
+    wal: str = knob("wal/", "Archived WAL segments, for point-in-time recovery.", check=_prefix)
+    base: str = knob("base/", "Base backups, where point-in-time recovery starts.", check=_prefix)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """[storage]: where the backups are (the producers write there, the drills read)."""
+
+    url: str | None = knob(
+        None,
+        "file:///abs/dir or s3://bucket/prefix; required when any drill is configured.",
+        check=_storage_url,
+    )
+    endpoint_url: str | None = knob(
+        None, "S3 endpoint (MinIO, Backblaze B2, moto); unset means AWS.", check=_http_url
+    )
+    region: str | None = knob(None, "S3 region; unset leaves it to boto3 (AWS_REGION, profile).")
+    sse: Literal["AES256", "aws:kms"] | None = knob(
+        None, "Server-side encryption the producers ask for on upload; unset asks for none."
+    )
+    prefixes: StoragePrefixes = knob(factory=StoragePrefixes, doc="Key prefix of each kind.")
+
+
+@dataclass(frozen=True)
+class RtoTargets:
+    """[targets.rto]: recovery time objectives, the longest each recovery may take."""
+
+    database: float = knob(2 * HOUR, "Restore the database from its backup.")
+    application: float = knob(HOUR, "Bring the application up on the restored data.")
+    files: float = knob(4 * HOUR, "Restore the uploaded files.")
+    full_system: float = knob(8 * HOUR, "Restore database, files and config, then the app.")
+    config: float = knob(HOUR, "Restore the configuration files.")
+
+
+@dataclass(frozen=True)
+class RpoTargets:
+    """[targets.rpo]: recovery point objectives, the most data each kind may lose.
+
+    Measured as the age of the newest backup (or, with WAL, the recovered point). Daily dumps
+    cannot meet a 1 h database RPO, and a weekly config backup cannot meet 24 h.
+    """
+
+    database: float = knob(HOUR, "Newest database backup (or recovered WAL point) age.")
+    files: float = knob(DAY, "Newest upload snapshot age.")
+    config: float = knob(DAY, "Newest config archive age.")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """[targets]: RTO and RPO targets each drill is judged against."""
+
+    rto: RtoTargets = knob(factory=RtoTargets, doc="Recovery time objectives.")
+    rpo: RpoTargets = knob(factory=RpoTargets, doc="Recovery point objectives.")
+    enforce_projection: bool = knob(
+        False,
+        "Fail when the restore time projected to [database] production_bytes exceeds the RTO "
+        "(false: report the projection only).",
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """[database]: the database drill (restore the latest dump, check it)."""
+
+    name: str = knob(doc="The database's name, as in its dump names (<name>_YYYYMMDD_HHMMSS...).")
+    checks: tuple[str, ...] = knob((), "SQL invariants run on the restore; each must return true.")
+    dsn: str | None = knob(None, "libpq DSN the producer dumps from; unset uses PG* variables.")
+    format: Literal["plain", "custom", "directory"] = knob(
+        "plain", "Dump format the producer writes (custom and directory restore in parallel)."
+    )
+    compression: Literal["gzip", "zstd", "none"] = knob("gzip", "Compression the producer uses.")
+    exact_count_max_bytes: int = knob(
+        100_000_000,
+        "Tables larger than this get estimated row counts in manifests.",
+        check=_not_negative,
+    )
+    major: int | None = knob(
+        None, "Force the restore container's Postgres major; unset detects it.", check=_major
+    )
+    production_bytes: int | None = knob(
+        None, "Production database size, to project the restore time to.", check=_not_negative
+    )
+    restore_timeout: float | None = knob(
+        None, "Bound on a hung restore; unset derives it from [targets.rto] database."
+    )
+
+
+@dataclass(frozen=True)
+class FilesSettings:
+    """[files]: the uploaded-files drill; the section, even empty, turns it on."""
+
+    source_dir: str | None = knob(None, "Uploads directory the producer snapshots.")
+
+
+@dataclass(frozen=True)
+class ConfigFilesSettings:
+    """[config]: the configuration-files drill (restore the latest archive, check it)."""
+
+    paths: tuple[str, ...] = knob((), "Files the producer archives.")
+    optional: tuple[str, ...] = knob((), "Those of `paths` that may be missing at backup time.")
+    passphrase_env: str | None = knob(
+        None,
+        "NAME of the environment variable holding the archives' gpg passphrase (never the "
+        "passphrase itself); needed for encrypted archives.",
+        check=_env_name,
+    )
+    required: tuple[str, ...] = knob((), "Names that must be in a restored archive (.env...).")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """[app]: the application, started on restored data by the full-system drill."""
+
+    image: str | None = knob(None, "The app's image; unset means the sample app built locally.")
+    port: int = knob(3001, "Port the API listens on inside its container.", check=_port)
+    health_path: str = knob("/health", "GET path that must answer 200.", check=_absolute)
+    uploads_dir: str = knob("/app/uploads", "Where restored uploads are mounted.", check=_absolute)
+    database_env: str = knob(
+        "DATABASE_URL", "Environment variable the app reads its database URL from.", check=_env_name
+    )
+    count_path: str = knob(
+        "/users/count", 'GET path answering {"count": N}, the users row count.', check=_absolute
+    )
+    start_timeout: float = knob(MINUTE, "How long the app may take to answer its health path.")
+
+
+@dataclass(frozen=True)
+class PitrSettings:
+    """[pitr]: point-in-time recovery from a base backup and archived WAL."""
+
+    target: str | None = knob(
+        None, "ISO-8601 time with offset to recover to; unset means the latest.", check=_iso_time
+    )
+    heartbeat_interval: float = knob(MINUTE, "How often the producer writes a heartbeat row.")
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """[backup]: the producers' local side."""
+
+    local_dir: str | None = knob(None, "Where producers keep local copies; unset: storage only.")
+    retention_days: int = knob(30, "Days a backup is kept.", check=_positive)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """[runtime]: containers and external steps."""
+
+    postgres_image: str | None = knob(None, "Restore into this image instead of ours.")
+    pull: bool = knob(True, "Try a short registry pull before building an image offline.")
+    step_timeout: float = knob(30 * MINUTE, "Bound on any external step with no bound of its own.")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """[report]: what a run writes, and where."""
+
+    dir: str = knob("reports", "Directory of the run reports (<dir>/<UTC timestamp>/).")
+    html: bool = knob(True, "Write the HTML drill report.")
+    junit: bool = knob(True, "Write JUnit XML.")
+    pytest_html: bool = knob(True, "Write pytest-html's report.")
+    allure: bool = knob(True, "Write Allure results.")
+    signing_key_env: str | None = knob(
+        None, "NAME of the environment variable holding the evidence signing key.", check=_env_name
+    )
+    signing_key_path: str | None = knob(None, "File holding the evidence signing key.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration of a run; build it with `drills.config.load_config`.
+
+    >>> cfg = load_config("drill.toml", overrides={"report.dir": "out"})  # doctest: +SKIP
+    >>> cfg.configured_drills()  # doctest: +SKIP
+    ['database', 'files', 'config', 'system', 'freshness']
+    """
+
+    estate: EstateSettings = knob(factory=EstateSettings, doc="The estate.")
+    storage: StorageSettings = knob(factory=StorageSettings, doc="Backup storage.")
+    targets: TargetSettings = knob(factory=TargetSettings, doc="RTO/RPO targets.")
+    database: DatabaseSettings | None = knob(None, "The database drill; None: not drilled.")
+    files: FilesSettings | None = knob(None, "The files drill; None: not drilled.")
+    config: ConfigFilesSettings | None = knob(None, "The config drill; None: not drilled.")
+    app: AppSettings | None = knob(None, "The application; None: no full-system drill.")
+    pitr: PitrSettings | None = knob(None, "Point-in-time recovery; None: not drilled.")
+    backup: BackupSettings = knob(factory=BackupSettings, doc="The producers' local side.")
+    runtime: RuntimeSettings = knob(factory=RuntimeSettings, doc="Containers and steps.")
+    report: ReportSettings = knob(factory=ReportSettings, doc="Reports.")
+    source: Path | None = knob(None, "The file the settings were read from; None: no file.")
+
+    def configured_drills(self) -> list[str]:
+        """The drills this configuration asks for, in the order they run."""
+        drills = [kind for kind in ("database", "files", "config") if getattr(self, kind)]
+        if self.app is not None and self.database is not None:
+            drills.append("system")
+        if drills or self.pitr is not None:
+            drills.append("freshness")
+        return drills
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict for reports, secrets replaced by "***"."""
+        return _redact(_plain(self))
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+_SECRET_KEY = re.compile(r"password|secret|token|passphrase|key", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@/\s]*@", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&']+)", re.I)
+
+
+def redact_text(text: str) -> str:
+    """`text` with passwords in URLs (scheme://user:PASS@host) and `password=...` hidden."""
+    text = _URL_PASSWORD.sub(r"\g<head>:***@", text)
+    return _KV_PASSWORD.sub(r"\g<head>***", text)
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if value is not None and _SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
