@@ -1,3 +1,3 @@
 """Root conftest: lists the fixture modules, holds no logic."""
 
-pytest_plugins = ["fixtures.runtime", "fixtures.storage"]
+pytest_plugins = ["fixtures.runtime", "fixtures.storage", "fixtures.drills"]

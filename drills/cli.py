@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--no-app", action="store_true", help="skip the sample application image")
     images.set_defaults(func=_images)
 
+    from drills.commands import run as run_cmd
+
+    run_cmd.register(commands)
+
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")
     demo.set_defaults(func=_demo)

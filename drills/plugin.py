@@ -1,10 +1,144 @@
-"""The pytest plugin of recovery-drills: options, markers and the run's session hooks."""
+"""The pytest plugin of recovery-drills: options, markers, drill records and drill.json.
+
+Options (each also readable from drill.toml or the environment, see docs/configuration.md):
+`--drill-config PATH`, `--drill-set KEY=VALUE` (repeatable, CLI overrides of config keys),
+`--drill-run-dir DIR` (where drill.json is written). A scenario asks for the `drill`
+fixture to open its record; the outcome of the test becomes the drill's verdict.
+"""
 
 from __future__ import annotations
 
+import json
+import platform
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
+
+from drills import __version__
+from drills.record import DrillRecord
+
+RECORDS_KEY = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("recovery-drills")
+    group.addoption("--drill-config", default=None, help="drill.toml of the estate to drill")
+    group.addoption(
+        "--drill-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration key, e.g. storage.url=file:///backups",
+    )
+    group.addoption("--drill-run-dir", default=None, help="write drill.json into this directory")
+    group.addoption(
+        "--drill-only",
+        default=None,
+        metavar="KINDS",
+        help="run only these drills, comma-separated (database,files,config,system,freshness)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; part of the CI test command")
-    config.addinivalue_line("markers", "docker: needs a Docker engine (fails without one)")
+    config.addinivalue_line("markers", "drill(kind): a drill scenario of that kind")
+    config.stash[RECORDS_KEY] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = config.getoption("--drill-only")
+    if not only:
+        return
+    kinds = {kind.strip() for kind in only.split(",") if kind.strip()}
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("drill")
+        (keep if marker is None or marker.args[0] in kinds else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def overrides_from(config: pytest.Config) -> dict[str, str]:
+    """The `--drill-set KEY=VALUE` options as a dict."""
+    result = {}
+    for item in config.getoption("--drill-set") or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise pytest.UsageError(f"--drill-set {item}: expected KEY=VALUE")
+        result[key.strip()] = value
+    return result
+
+
+@pytest.fixture
+def drill(request: pytest.FixtureRequest):
+    """Open the record of this test's drill: `record = drill("database")`."""
+    records = request.config.stash[RECORDS_KEY]
+
+    def open_record(kind: str) -> DrillRecord:
+        record = DrillRecord(kind)
+        records.append(record)
+        request.node.stash[_NODE_RECORD] = record
+        return record
+
+    return open_record
+
+
+_NODE_RECORD = pytest.StashKey[DrillRecord]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    record = item.stash.get(_NODE_RECORD, None)
+    if record is None:
+        return report
+    if report.skipped:
+        record.verdict = "not_run"
+        record.error = _skip_reason(report)
+    elif report.failed:
+        record.verdict = "fail"
+        if record.error is None:
+            record.error = _cause(call)
+    elif report.when == "call":
+        record.verdict = "pass"
+    return report
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _cause(call: pytest.CallInfo) -> str:
+    if call.excinfo is None:
+        return "failed"
+    exc = call.excinfo.value
+    text = str(exc).strip()
+    if isinstance(exc, AssertionError):
+        text = text.split("\nassert ")[0]
+    return text or type(exc).__name__
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run_dir = session.config.getoption("--drill-run-dir", None)
+    records: list[DrillRecord] = session.config.stash.get(RECORDS_KEY, [])
+    if not run_dir:
+        return
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    ran = [r for r in records if r.verdict != "not_run"]
+    verdict = "pass" if ran and all(r.verdict == "pass" for r in ran) else "fail"
+    document = {
+        "verdict": verdict,
+        "harness_version": __version__,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "drills": [r.as_dict() for r in records],
+    }
+    (path / "drill.json").write_text(json.dumps(document, indent=2) + "\n")

@@ -1,0 +1,127 @@
+"""`drill run`: run the drill scenarios against a configured estate, through pytest.
+
+Each run writes into `<report-dir>/<UTC timestamp>/` (drill.json, junit.xml, the pytest-html
+report, Allure results) and points `<report-dir>/latest` at it. Exit codes: 0 every configured
+drill passed; 1 any drill failed; 2 configuration or usage error; 3 environment error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from drills.config import Config, load_config
+from drills.errors import ConfigError
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+KINDS = ("database", "files", "config", "system", "freshness")
+CONTAINER_DRILLS = {"database", "files", "system"}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `drill run` to the command's parser."""
+    parser = commands.add_parser("run", help="run the drills against a configured estate")
+    add_run_options(parser)
+    parser.set_defaults(func=main)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options shared by `drill run` and `drill demo`."""
+    parser.add_argument("--config", default=None, help="drill.toml (default: ./drill.toml)")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {KINDS}")
+    parser.add_argument("--report-dir", default=None, help="where runs are written")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the configured drills; return the exit code."""
+    overrides = _overrides(args.set)
+    if args.report_dir:
+        overrides["report.dir"] = args.report_dir
+    config = load_config(args.config, overrides=overrides)
+    return run(config, args.config, overrides, only=_only(args.only), quiet=args.quiet)
+
+
+def run(
+    config: Config,
+    config_path: str | None,
+    overrides: dict[str, str],
+    *,
+    only: list[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    """Run the drills of `config` in a new run directory; return the exit code."""
+    import pytest
+
+    wanted = [k for k in config.configured_drills() if only is None or k in only]
+    if not wanted:
+        raise ConfigError(
+            "nothing to drill: the configuration has no [database], [files], [config] or [app] "
+            "section" + (f" among --only {','.join(only)}" if only else "")
+        )
+    if CONTAINER_DRILLS & set(wanted):
+        from drills.runtime import engine
+
+        engine.connect()  # exit 3 with advice, before any drill starts
+    run_dir = new_run_dir(Path(config.report.dir))
+    argv = [str(SCENARIOS), "-p", "no:cacheprovider", "--drill-run-dir", str(run_dir)]
+    argv += ["--rootdir", str(SCENARIOS.parent), "-o", "console_output_style=classic"]
+    if config_path or config.source:
+        argv += ["--drill-config", str(config_path or config.source)]
+    for key, value in overrides.items():
+        argv += ["--drill-set", f"{key}={value}"]
+    argv += ["--drill-only", ",".join(wanted)]
+    if config.report.junit:
+        argv += [f"--junitxml={run_dir / 'junit.xml'}"]
+    if config.report.pytest_html:
+        argv += [f"--html={run_dir / 'pytest-report.html'}", "--self-contained-html"]
+    if config.report.allure:
+        argv += [f"--alluredir={run_dir / 'allure-results'}"]
+    argv += ["-q"] if quiet else ["-v"]
+    status = pytest.main(argv)
+    document = run_dir / "drill.json"
+    if not document.exists():
+        print(f"drill: the run wrote no drill.json (pytest exit {int(status)})")
+        return 2 if int(status) in (2, 3, 4) else 1
+    verdict = json.loads(document.read_text())["verdict"]
+    print(f"drill: {verdict.upper()}; report: {run_dir}")
+    return 0 if verdict == "pass" else 1
+
+
+def new_run_dir(report_dir: Path) -> Path:
+    """Create `<report_dir>/<UTC timestamp>/` and point `<report_dir>/latest` at it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    run_dir = report_dir / stamp
+    run_dir.mkdir(parents=True)
+    latest = report_dir / "latest"
+    tmp = report_dir / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(stamp)
+    tmp.replace(latest)
+    return run_dir.resolve()
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        result[key.strip()] = value
+    return result
+
+
+def _only(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"--only: unknown drill {', '.join(unknown)} (known: {', '.join(KINDS)})")
+    return kinds

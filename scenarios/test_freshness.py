@@ -1,0 +1,48 @@
+"""Drill: every configured kind has a backup younger than its RPO, and the storage answers.
+
+The original runbook's overdue alerts, as a drill: a backup that is too old fails even when
+it would restore, because restoring it would lose more than the target allows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from drills import catalog
+from drills.clock import human
+from drills.errors import DrillError
+from drills.steps import conclude
+from fixtures.drills import configured
+
+KINDS = ("database", "files", "config")
+
+
+@pytest.mark.drill("freshness")
+def test_latest_backups_are_within_their_rpo(drill, drill_config, drill_storage):
+    kinds = [kind for kind in KINDS if getattr(drill_config, kind) is not None]
+    configured(kinds or None, "database], [files] or [config")
+    record = drill("freshness")
+    rpo = drill_config.targets.rpo
+    prefixes = drill_config.storage.prefixes
+
+    with record.watch.phase("locate"):
+        drill_storage.check()
+        record.check("storage answers", True, drill_storage.url)
+        for kind in kinds:
+            try:
+                newest = catalog.latest(
+                    catalog.list_backups(drill_storage, kind, getattr(prefixes, kind))
+                )
+            except DrillError as exc:
+                record.check(f"{kind}: a backup exists", False, str(exc))
+                continue
+            age = (record.watch.started_at - newest.taken_at).total_seconds()
+            target = getattr(rpo, kind)
+            record.check(
+                f"{kind}: newest backup within RPO",
+                age <= target,
+                f"{newest.key} taken {newest.taken_at.isoformat()} ({newest.time_source}), "
+                f"{human(age)} old, target {human(target)}",
+            )
+
+    conclude(record, None, None, None)
