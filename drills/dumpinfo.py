@@ -48,13 +48,15 @@ def _peek(storage: Storage, backup: Backup) -> bytes:
         raw = stream.read(PEEK_BYTES)
     finally:
         stream.close()
+    if not raw:
+        raise IntegrityError(f"{key}: the backup is empty (0 bytes)")
     if backup.format != "plain" or backup.compression == "none":
         return raw
     if backup.compression == "gzip":
         try:
             return zlib.decompressobj(wbits=47).decompress(raw, PEEK_BYTES * 4)
         except zlib.error as exc:
-            raise IntegrityError(f"{key}: not a readable gzip stream ({exc})") from None
+            raise IntegrityError(f"{key}: gzip stream is corrupt ({exc})") from None
     if backup.compression == "zstd":
         result = subprocess.run(
             ["zstd", "-dc"], input=raw, capture_output=True, timeout=30, check=False

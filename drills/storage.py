@@ -1,0 +1,252 @@
+"""Backup sources: a local directory (``file:///abs/dir``) or an S3 bucket (``s3://bucket/prefix``).
+
+One way to read a backup, whatever holds it: `open_storage(url)` gives a `Storage` whose keys
+are '/'-separated and relative to the storage root (the directory, or the bucket and prefix).
+Every failure is a `StorageError` whose message names the object and the cause.
+
+Example::
+
+    from drills.storage import open_storage
+
+    storage = open_storage("file:///var/backups")
+    storage.check()
+    for info in storage.list("database/"):
+        print(info.key, info.size, info.modified)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from drills.errors import ConfigError, StorageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key (relative to the storage root), size, time and class."""
+
+    key: str
+    size: int
+    modified: datetime
+    storage_class: str | None = None
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What a backup source offers: listing, streaming reads, atomic writes, a health check."""
+
+    url: str
+    endpoint_url: str | None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, at any depth."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A streaming reader of the object (not read into memory)."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object (for small objects such as manifests)."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Store a local file under `key`."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`."""
+        ...
+
+    def check(self) -> None:
+        """Raise StorageError if the storage is unreachable, missing or denied."""
+        ...
+
+
+def open_storage(
+    url: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    *,
+    sse: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> Storage:
+    """Open `file:///abs/dir` (or an absolute path) or `s3://bucket/optional/prefix`.
+
+    For S3, credentials come from `access_key_id`/`secret_access_key` when given, else from
+    boto3's usual chain (environment, profile, instance role). `sse` (e.g. ``"AES256"`` or
+    ``"aws:kms"``) is requested on every upload. Opening is lazy: nothing is contacted until
+    the first call; `check()` contacts the storage on purpose.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.username or parsed.password:
+        raise ConfigError(
+            f"{parsed.scheme}://{parsed.hostname}: credentials in the storage URL are not "
+            "accepted; use the environment or a profile"
+        )
+    if parsed.scheme == "s3":
+        from drills.storage_s3 import S3Storage
+
+        if not parsed.netloc:
+            raise ConfigError(f"{url}: no bucket name (expected s3://bucket/optional/prefix)")
+        return S3Storage(
+            parsed.netloc,
+            parsed.path.strip("/"),
+            endpoint_url=endpoint_url,
+            region=region,
+            sse=sse,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+        )
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"{url}: a file URL needs an absolute path (file:///abs/dir)")
+        return LocalStorage(urllib.parse.unquote(parsed.path))
+    if not parsed.scheme and os.path.isabs(url):
+        return LocalStorage(url)
+    raise ConfigError(f"{url}: unsupported storage URL (expected file:///abs/dir or s3://bucket)")
+
+
+class LocalStorage:
+    """A backup directory on this machine; writes are atomic (temp file, then rename)."""
+
+    endpoint_url: str | None = None
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        path = Path(root)
+        if not path.is_absolute():
+            raise ConfigError(f"{root}: a local storage needs an absolute path")
+        self.root = path
+        self.url = path.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self.url})"
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every regular file whose key starts with `prefix`; symlinked directories are not
+        followed (the seed's `files/current` may be one), in key order."""
+        self.check()
+        # walk only the directory that holds the prefix, not the whole tree
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._path(base) if base else self.root
+        if not start.is_dir():
+            return
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(start, onerror=self._walk_error):
+            dirnames.sort()
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue  # removed while we walked
+                if not os.path.isfile(full):
+                    continue
+                found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        yield from sorted(found, key=lambda info: info.key)
+
+    def open(self, key: str) -> BinaryIO:
+        """The file, opened for binary reading."""
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise self._error(key, exc) from None
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole file."""
+        with self.open(key) as stream:
+            return stream.read()
+
+    def exists(self, key: str) -> bool:
+        """Whether a regular file is stored under `key`."""
+        return self._path(key).is_file()
+
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Copy `path` to `key` atomically, mode 0o600."""
+        try:
+            with open(path, "rb") as source:
+                self._write_atomic(key, lambda out: shutil.copyfileobj(source, out, 1 << 20))
+        except FileNotFoundError:
+            raise StorageError(f"{path}: no such file to upload") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write `data` to `key` atomically, mode 0o600."""
+        self._write_atomic(key, lambda out: out.write(data))
+
+    def check(self) -> None:
+        """Raise StorageError unless the root is a readable directory."""
+        if not self.root.exists():
+            raise StorageError(f"{self.url}: no such directory")
+        if not self.root.is_dir():
+            raise StorageError(f"{self.url}: not a directory")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StorageError(f"{self.url}: permission denied")
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or ".." in parts:
+            raise StorageError(f"{self.url}: invalid key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def _write_atomic(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        except OSError as exc:
+            raise self._error(key, exc) from None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, target)
+        except OSError as exc:
+            _discard(tmp)
+            raise self._error(key, exc) from None
+        except BaseException:
+            _discard(tmp)
+            raise
+
+    def _error(self, key: str, exc: OSError) -> StorageError:
+        where = f"{self.url.rstrip('/')}/{key}"
+        if exc.errno == errno.ENOENT:
+            if not self.root.is_dir():
+                return StorageError(f"{self.url}: no such directory")
+            return StorageError(f"{where}: no such object (deleted after listing?)")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return StorageError(f"{where}: permission denied")
+        if exc.errno == errno.EISDIR:
+            return StorageError(f"{where}: is a directory, not an object")
+        if exc.errno == errno.ENOSPC:
+            return StorageError(f"{where}: no space left on device")
+        return StorageError(f"{where}: {exc.strerror or exc}")
+
+    def _walk_error(self, exc: OSError) -> None:
+        raise StorageError(
+            f"{self.url}: cannot list {exc.filename}: {exc.strerror or exc}"
+        ) from None
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
