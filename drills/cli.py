@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -54,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     images.set_defaults(func=_images)
 
     from drills.commands import run as run_cmd
+    from drills.commands import status as status_cmd
 
     run_cmd.register(commands)
+    status_cmd.register(commands)
+
+    from drills.commands import backup as backup_cmd
+
+    backup_cmd.register(commands)
 
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")
@@ -76,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except DrillError as exc:
         print(f"drill: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader of our output went away (`drill status | head`): nothing left to say.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open until exit
+        return 1
     except KeyboardInterrupt:
         print("drill: interrupted", file=sys.stderr)
         return 130

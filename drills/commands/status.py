@@ -1,0 +1,133 @@
+"""`drill status`: the original runbook's dashboard and overdue alerts as one command.
+
+Per kind: backups in the last 7 days, the newest backup's time, age and size, whether that
+age is within the kind's RPO, manifest coverage; and whether the storage answers.
+Exit 0 when every kind is within its RPO; 1 when any is overdue or the storage is
+unreachable; 2 on a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+
+from drills import catalog
+from drills.clock import human
+from drills.config import Config, load_config
+from drills.errors import DrillError
+from drills.storage import open_storage
+
+KINDS = ("database", "files", "config")
+WINDOW = timedelta(days=7)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `drill status` to the command's parser."""
+    parser = commands.add_parser("status", help="backup freshness per kind, against the RPO")
+    parser.add_argument("--config", default=None, help="drill.toml (default: ./drill.toml)")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.set_defaults(func=main)
+
+
+def collect(config: Config, now: datetime | None = None) -> dict:
+    """The status of every kind, as a JSON-able dict."""
+    now = now or datetime.now(UTC)
+    storage = open_storage(
+        config.storage.url,
+        endpoint_url=config.storage.endpoint_url,
+        region=config.storage.region,
+    )
+    kinds = [k for k in KINDS if getattr(config, k) is not None] or list(KINDS)
+    result: dict = {"storage": {"url": storage.url, "reachable": True, "error": None}}
+    try:
+        storage.check()
+    except DrillError as exc:
+        result["storage"].update(reachable=False, error=str(exc))
+        result["kinds"] = {}
+        result["ok"] = False
+        return result
+    rows = {}
+    for kind in kinds:
+        rows[kind] = _kind_status(storage, config, kind, now)
+    result["kinds"] = rows
+    result["ok"] = all(row["within_rpo"] for row in rows.values())
+    return result
+
+
+def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
+    target = getattr(config.targets.rpo, kind)
+    prefix = getattr(config.storage.prefixes, kind)
+    try:
+        backups = catalog.list_backups(storage, kind, prefix)
+    except DrillError as exc:
+        return {"count_7d": 0, "latest": None, "within_rpo": False, "rpo_s": target,
+                "error": str(exc)}  # fmt: skip
+    newest = catalog.latest(backups)
+    age = (now - newest.taken_at).total_seconds()
+    with_manifest = sum(1 for b in backups if b.manifest_key)
+    return {
+        "count_7d": sum(1 for b in backups if now - b.taken_at <= WINDOW),
+        "count": len(backups),
+        "latest": {
+            "key": newest.key,
+            "taken_at": newest.taken_at.isoformat(),
+            "time_source": newest.time_source,
+            "age_s": round(age, 1),
+            "bytes": newest.size,
+        },
+        "rpo_s": target,
+        "within_rpo": age <= target,
+        "manifests": f"{with_manifest}/{len(backups)}",
+        "error": None,
+    }
+
+
+def render(status: dict) -> str:
+    """The status as a table for people."""
+    lines = []
+    store = status["storage"]
+    state = "reachable" if store["reachable"] else f"UNREACHABLE: {store['error']}"
+    lines.append(f"storage {store['url']}: {state}")
+    header = ("kind", "7d", "latest", "age", "size", "RPO", "status", "manifests")
+    table = [header]
+    for kind, row in status["kinds"].items():
+        latest = row["latest"]
+        if latest is None:
+            table.append((kind, "0", "-", "-", "-", human(row["rpo_s"]), "MISSING", "-"))
+            continue
+        table.append(
+            (
+                kind,
+                str(row["count_7d"]),
+                latest["taken_at"][:19].replace("T", " ") + f" ({latest['time_source']})",
+                human(latest["age_s"]),
+                _size(latest["bytes"]),
+                human(row["rpo_s"]),
+                "ok" if row["within_rpo"] else "OVERDUE",
+                row["manifests"],
+            )
+        )
+    if len(table) > 1:
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        for row in table:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    for kind, row in status["kinds"].items():
+        if row.get("error"):
+            lines.append(f"{kind}: {row['error']}")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the status; exit 0 if every kind is within its RPO, else 1."""
+    status = collect(load_config(args.config))
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0 if status["ok"] else 1
