@@ -37,7 +37,8 @@ def _images(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from drills import demo
 
-    return demo.main(scale=args.scale)
+    only = [k.strip() for k in args.only.split(",")] if args.only else None
+    return demo.main(scale=args.scale, report_dir=args.report_dir, only=only)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")
+    demo.add_argument("--report-dir", default="reports", help="where the run is written")
+    demo.add_argument("--only", default=None, help="comma-separated subset of the drills")
     demo.set_defaults(func=_demo)
     return parser
 

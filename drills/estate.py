@@ -1,20 +1,18 @@
 """The embedded default estate: a "production" of the sample application in containers.
 
 It stands in for the user's real estate in the demo and the tests: a Postgres database filled
-with generated users, transactions and audit logs, an uploads volume with generated files,
-and the application's API in front of them, all on a private Docker network.
+with generated users, transactions and audit logs, an uploads directory with generated
+images and documents, config files holding fake secrets, and the application's API in front
+of them, on a private Docker network.
 
-    >>> with ProductionEstate.start(client, session, scale=1) as estate:   # doctest: +SKIP
+    >>> with ProductionEstate.start(client, session, uploads, scale=1) as estate:  # doctest: +SKIP
     ...     estate.api.url("/health")
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import random
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +20,9 @@ import docker
 
 from drills.errors import DrillError
 from drills.runtime import images
-from drills.runtime.api import ApiContainer, start_api
+from drills.runtime.api import ApiContainer
 from drills.runtime.labels import RunSession
-from drills.runtime.network import create_volume, private_network
+from drills.runtime.network import private_network
 from drills.runtime.postgres import PostgresContainer, start_postgres
 
 APP_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "app"
@@ -43,18 +41,6 @@ def generated_uploads(count: int, seed: int = 7) -> dict[str, bytes]:
     return files
 
 
-def tar_of(files: dict[str, bytes]) -> bytes:
-    """A tar archive of in-memory files (for docker put_archive)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path, data in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def run_sql_file(pg: PostgresContainer, path: Path, dbname: str, **variables: str) -> None:
     """Run an SQL file through psql inside the container, stopping at the first error."""
     argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbname]
@@ -67,21 +53,31 @@ def run_sql_file(pg: PostgresContainer, path: Path, dbname: str, **variables: st
 
 @dataclass
 class ProductionEstate:
-    """A running "production": database, uploads volume and API on one private network."""
+    """A running "production": database and API on one private network, uploads on the host."""
 
     client: docker.DockerClient
     session: RunSession
     database: PostgresContainer
     api: ApiContainer
-    uploads_volume: str
+    uploads_dir: Path
     uploads: dict[str, str] = field(default_factory=dict)  # path -> sha256
     _network: object = None
 
     @classmethod
     def start(
-        cls, client: docker.DockerClient, session: RunSession, scale: int = 1
+        cls,
+        client: docker.DockerClient,
+        session: RunSession,
+        uploads_dir: Path,
+        scale: int = 1,
+        database_settings: dict[str, str] | None = None,
     ) -> ProductionEstate:
         """Start the estate; on any failure remove what was started, then re-raise."""
+        files = generated_uploads(30 * scale)
+        for path, data in files.items():
+            target = uploads_dir / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
         started: list = []
         try:
             network = private_network(session)
@@ -92,35 +88,32 @@ class ProductionEstate:
                 network=network,
                 aliases=("db",),
                 dbname=DATABASE,
+                settings=database_settings,
             )
             started.append(pg)
             run_sql_file(pg, APP_DIR / "schema.sql", DATABASE)
             run_sql_file(pg, APP_DIR / "seed.sql", DATABASE, scale=str(scale))
-            volume = create_volume(client, session, "uploads")
-            files = generated_uploads(30 * scale)
-            _fill_volume(client, session, volume, tar_of(files))
-            api = start_api(
+            api = ApiContainer(
                 images.ensure_app_image(client),
                 session,
-                network=network,
                 database_url=f"postgresql://{pg.user}:{pg.password}@db:5432/{DATABASE}",
-                uploads_volume=volume,
             )
+            api.with_volume_mapping(str(uploads_dir), "/app/uploads", "ro")
+            api.on_network(network, "api")
+            api.start_ready(60)
             started.append(api)
         except BaseException:
             for thing in reversed(started):
                 _quietly(thing)
             raise
-        estate = cls(client, session, pg, api, volume, _network=network)
+        estate = cls(client, session, pg, api, uploads_dir, _network=network)
         estate.uploads = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
         return estate
 
     def stop(self) -> None:
-        """Remove the estate's containers, network and volume (best effort)."""
+        """Remove the estate's containers and network (best effort)."""
         for thing in (self.api, self.database, self._network):
             _quietly(thing)
-        with contextlib.suppress(docker.errors.DockerException):
-            self.client.volumes.get(self.uploads_volume).remove(force=True)
 
     def __enter__(self) -> ProductionEstate:
         return self
@@ -129,18 +122,25 @@ class ProductionEstate:
         self.stop()
 
 
-def _fill_volume(client: docker.DockerClient, session: RunSession, volume: str, tar: bytes) -> None:
-    """Unpack a tar archive into a volume through a stopped helper container."""
-    helper = client.containers.create(
-        images.ensure_postgres_image(client, 15),
-        command=["true"],
-        volumes={volume: {"bind": "/data", "mode": "rw"}},
-        labels=session.labels("volume-loader"),
+def write_config_files(directory: Path, secret: str) -> list[Path]:
+    """The estate's config files, holding fake secrets (`secret` is planted in .env)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    env = directory / ".env.production"
+    env.write_text(
+        "# production settings of the sample application\n"
+        "NODE_ENV=production\n"
+        f"DATABASE_URL=postgresql://drishti:{secret}@db:5432/{DATABASE}\n"
+        f'STRIPE_SECRET_KEY="sk_live_{secret}"\n'
+        "export UPLOADS_DIR=/app/uploads\n"
     )
-    try:
-        helper.put_archive("/data", tar)
-    finally:
-        helper.remove(force=True)
+    compose = directory / "docker-compose.yml"
+    compose.write_text(
+        "services:\n  api:\n    image: drishti/api\n    env_file: .env.production\n"
+        "    ports: ['3001:3001']\n  db:\n    image: postgres:15\n"
+    )
+    for path in (env, compose):
+        path.chmod(0o600)
+    return [env, compose]
 
 
 def _quietly(thing: object) -> None:
