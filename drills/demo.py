@@ -67,8 +67,7 @@ name = "{DATABASE}"
 dsn = "{dsn}"
 checks = [
   "SELECT count(*) > 0 FROM users",
-  "SELECT NOT EXISTS (SELECT 1 FROM transactions t LEFT JOIN users u ON u.id = t.user_id
-    WHERE u.id IS NULL)",
+  "SELECT NOT EXISTS (SELECT 1 FROM transactions WHERE user_id NOT IN (SELECT id FROM users))",
 ]
 
 [files]
