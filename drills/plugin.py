@@ -102,6 +102,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         record.verdict = "fail"
         if record.error is None:
             record.error = _cause(call)
+            if call.excinfo is not None:
+                record.extra["error_type"] = type(call.excinfo.value).__name__
     elif report.when == "call":
         record.verdict = "pass"
     return report

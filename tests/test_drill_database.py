@@ -232,3 +232,14 @@ def test_damaged_custom_format_fails(tmp_path, dumps):
         "pg_restore failed" in outcome["drill"]["error"]
         or "archive header" in (outcome["drill"]["error"])
     )
+
+
+def test_major_without_an_image_is_an_environment_error(tmp_path, dumps):
+    # A real dump whose header claims PostgreSQL 9.6: no image of that major can be built
+    # offline, so the drill cannot run, and `drill run` says it is the machine's problem.
+    data = dumps["plain"].replace(
+        b"Dumped from database version 15.", b"Dumped from database version 9.", 1
+    )
+    outcome = drill_run(tmp_path, f"{DB}_{_stamp(timedelta(minutes=1))}.sql.gz", _gz(data))
+    assert outcome["exit"] == 3, outcome["output"]
+    assert "no image for PostgreSQL 9" in outcome["drill"]["error"]

@@ -89,9 +89,16 @@ def run(
     if not document.exists():
         print(f"drill: the run wrote no drill.json (pytest exit {int(status)})")
         return 2 if int(status) in (2, 3, 4) else 1
-    verdict = json.loads(document.read_text())["verdict"]
+    result = json.loads(document.read_text())
+    verdict = result["verdict"]
     print(f"drill: {verdict.upper()}; report: {run_dir}")
-    return 0 if verdict == "pass" else 1
+    if verdict == "pass":
+        return 0
+    # A drill that could not run for the machine's sake (no engine, no image) is exit 3.
+    failed = [d for d in result["drills"] if d["verdict"] == "fail"]
+    if failed and all(d.get("error_type") == "EnvironmentProblem" for d in failed):
+        return 3
+    return 1
 
 
 def new_run_dir(report_dir: Path) -> Path:
