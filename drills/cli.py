@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -39,6 +40,11 @@ def _demo(args: argparse.Namespace) -> int:
 
     only = [k.strip() for k in args.only.split(",")] if args.only else None
     return demo.main(scale=args.scale, report_dir=args.report_dir, only=only)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every cleanup in `finally` runs.
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args))
     except DrillError as exc:

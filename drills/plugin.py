@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import socket
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +47,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; part of the CI test command")
     config.addinivalue_line("markers", "drill(kind): a drill scenario of that kind")
     config.stash[RECORDS_KEY] = []
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C: pytest then runs the finalizers that remove containers.
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
