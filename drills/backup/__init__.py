@@ -1,0 +1,29 @@
+"""The producers behind `drill backup database|files|config`: small, boring, cron-ready.
+
+Each writes a backup plus its manifest under a final name only when every step succeeded,
+keeps a local copy (mode 600) when `[backup] local_dir` is set, uploads to the storage, and
+prunes local backups past the retention (never the newest).
+
+Example::
+
+    from drills.backup import backup_database, destination
+    from drills.config import load_config
+
+    config = load_config("drill.toml")
+    result = backup_database(destination(config, "database"), config.database.name)
+    print(result.key, result.manifest.sha256)
+"""
+
+from drills.backup.common import BackupResult, Destination, destination
+from drills.backup.config_archive import backup_config
+from drills.backup.database import backup_database
+from drills.backup.files import backup_files
+
+__all__ = [
+    "BackupResult",
+    "Destination",
+    "backup_config",
+    "backup_database",
+    "backup_files",
+    "destination",
+]

@@ -1,0 +1,277 @@
+"""`drill backup config`: a tar.gz of the configured files, encrypted with gpg when asked.
+
+Members are stored under their path without the leading "/" (as GNU tar stores absolute
+paths), so two files with the same base name do not collide and a restore knows where each
+one lived. With a passphrase the archive is ``config_<ts>.tar.gz.gpg``, made as the seed's
+``gpg --symmetric --cipher-algo AES256`` made it, so ``gpg --decrypt`` opens it. The plain
+archive is never written to disk: the tar stream goes straight into gpg. The passphrase
+reaches gpg through a pipe (``--passphrase-fd``), never a command line, a file or a log, and
+gpg runs with a private, temporary GNUPGHOME. The manifest lists members and checksums, never
+contents.
+
+Example::
+
+    result = backup_config(dest, ["/srv/app/.env.production"], passphrase=os.environ["PASS"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from drills import __version__
+from drills.backup.common import (
+    BackupResult,
+    Destination,
+    HashingWriter,
+    atomic_file,
+    choose_time,
+    os_error,
+    prune,
+    stamp,
+    upload,
+    utcnow,
+    write_manifest,
+)
+from drills.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.manifest import SUFFIX, HashingReader, Manifest, MemberEntry
+
+log = logging.getLogger(__name__)
+
+CIPHER = "AES256"
+CHUNK = 1 << 20
+_NAME = r"config_(\d{8}_\d{6})\.tar\.gz(?:\.gpg)?"
+
+
+def gpg_encrypt_argv(passphrase_fd: int, homedir: str | os.PathLike[str]) -> list[str]:
+    """The gpg command line that encrypts stdin to stdout, as the seed's runbook did."""
+    return [
+        "gpg",
+        "--homedir",
+        os.fspath(homedir),
+        "--batch",
+        "--yes",
+        "--no-tty",
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase-fd",
+        str(passphrase_fd),
+        "--no-symkey-cache",
+        "--symmetric",
+        "--cipher-algo",
+        CIPHER,
+        "--output",
+        "-",
+    ]
+
+
+def backup_config(
+    dest: Destination,
+    paths: Iterable[str],
+    *,
+    optional: Iterable[str] = (),
+    passphrase: str | None = None,
+) -> BackupResult:
+    """Archive `paths` (files, or directories taken whole) as ``config_<ts>.tar.gz[.gpg]``.
+
+    A missing path is an error naming it, unless it is in `optional` (then it is skipped
+    with a warning). An empty `passphrase` is refused rather than used.
+    """
+    sources = _sources(list(paths), set(optional))
+    if passphrase is not None and not passphrase:
+        raise ConfigError("the config archive's passphrase is empty")
+    ext = ".tar.gz.gpg" if passphrase else ".tar.gz"
+    if passphrase:
+        _need("gpg")
+    with dest.workdir() as work:
+        started = choose_time(lambda ts: dest.taken(f"config_{ts}{ext}"))
+        filename = f"config_{stamp(started)}{ext}"
+        final = work / filename
+        with atomic_file(final) as out:
+            writer = HashingWriter(out)
+            if passphrase:
+                members = _encrypted(sources, writer, passphrase, filename)
+            else:
+                members = _archive(sources, writer)
+        manifest = Manifest(
+            kind="config",
+            started_at=started,
+            finished_at=utcnow(),
+            format="tar",
+            compression="gzip",
+            bytes=writer.bytes,
+            sha256=writer.sha256,
+            producer_version=__version__,
+            members=members,
+            encrypted=bool(passphrase),
+            extra={"cipher": CIPHER} if passphrase else {},
+        )
+        write_manifest(work / f"{filename}{SUFFIX}", manifest)
+        key = dest.key(filename)
+        uploaded, stored_at = upload(dest, key, final, manifest)
+        local = dest.local_copy(final)
+    pruned = ()
+    if dest.kind_dir is not None:
+        pruned = prune(dest.kind_dir, _stamp_of, dest.retention_days, utcnow())
+    return BackupResult("config", key, manifest, local, stored_at, uploaded, pruned=pruned)
+
+
+def _stamp_of(name: str) -> str | None:
+    match = re.fullmatch(_NAME, name)
+    return match.group(1) if match else None
+
+
+def _sources(paths: list[str], optional: set[str]) -> list[tuple[Path, str]]:
+    """(file, member name) of every file to archive; directories are walked."""
+    if not paths:
+        raise ConfigError("[config] paths is empty: no config files to archive")
+    found: list[tuple[Path, str]] = []
+    for listed in paths:
+        path = Path(listed)
+        if not path.exists():
+            if listed in optional:
+                log.warning("%s: missing, skipped (it is optional)", listed)
+                continue
+            raise DrillError(
+                f"{listed}: listed config file is missing (mark it optional in [config] "
+                "optional if it may be); nothing backed up"
+            )
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    file = Path(dirpath) / name
+                    if file.is_file():
+                        found.append((file, _member_name(file)))
+        else:
+            found.append((path, _member_name(path)))
+    if not found:
+        raise DrillError("no config file to archive: every listed file is missing")
+    return found
+
+
+def _member_name(path: Path) -> str:
+    return os.path.normpath(path.as_posix()).lstrip("/")
+
+
+def _archive(
+    sources: list[tuple[Path, str]], out: IO[bytes] | HashingWriter
+) -> tuple[MemberEntry, ...]:
+    """Write the tar.gz stream of `sources` to `out`; each member hashed as it is read."""
+    members = []
+    with tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[arg-type]
+        for path, name in sources:
+            try:
+                with open(path, "rb") as stream:
+                    info = tar.gettarinfo(arcname=name, fileobj=stream)
+                    reader = HashingReader(stream)
+                    tar.addfile(info, reader)
+            except OSError as exc:
+                raise os_error(path, exc) from None
+            members.append(MemberEntry(name, info.size, reader.sha256))
+    return tuple(members)
+
+
+def _encrypted(
+    sources: list[tuple[Path, str]], out: HashingWriter, passphrase: str, filename: str
+) -> tuple[MemberEntry, ...]:
+    """tar.gz | gpg --symmetric > out, with both ends checked."""
+    with _gnupg_home() as home, tempfile.TemporaryFile() as err:
+        read_fd, write_fd = os.pipe()
+        try:
+            # a passphrase is far smaller than a pipe's buffer: this write cannot block
+            os.write(write_fd, passphrase.encode() + b"\n")
+        finally:
+            os.close(write_fd)
+        try:
+            gpg = subprocess.Popen(
+                gpg_encrypt_argv(read_fd, home),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                pass_fds=(read_fd,),
+                env={**os.environ, "GNUPGHOME": str(home)},
+            )
+        finally:
+            os.close(read_fd)
+        pump = _Pump(gpg.stdout, out)
+        members: tuple[MemberEntry, ...] = ()
+        try:
+            try:
+                members = _archive(sources, gpg.stdin)  # type: ignore[arg-type]
+            except BrokenPipeError:
+                pass  # gpg stopped reading; its exit code and message say why
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    gpg.stdin.close()  # type: ignore[union-attr]
+            pump.join()
+            code = gpg.wait()
+        except BaseException:
+            gpg.kill()
+            gpg.wait()
+            pump.join()
+            raise
+        if pump.error is not None:
+            raise pump.error
+        if code != 0:
+            err.seek(0)
+            lines = [ln.strip() for ln in err.read().decode(errors="replace").splitlines()]
+            cause = next((ln for ln in reversed(lines) if ln), "no message")
+            raise DrillError(f"{filename}: gpg failed (exit {code}): {cause}; nothing backed up")
+    return members
+
+
+class _Pump(threading.Thread):
+    """Copies a process's output to a writer in the background; keeps the first error."""
+
+    def __init__(self, source: BinaryIO | None, out: HashingWriter) -> None:
+        super().__init__(daemon=True)
+        self.source = source
+        self.out = out
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        assert self.source is not None
+        try:
+            while block := self.source.read(CHUNK):
+                if self.error is None:
+                    try:
+                        self.out.write(block)
+                    except BaseException as exc:  # handed to the main thread, which raises it
+                        self.error = exc
+                # after an error keep reading, so gpg is never stuck on a full pipe
+        finally:
+            self.source.close()
+
+
+@contextlib.contextmanager
+def _gnupg_home() -> Iterator[Path]:
+    """A private GNUPGHOME for one run: no keyrings, no agent, no cache shared with anyone."""
+    home = Path(tempfile.mkdtemp(prefix="drill-gnupg-"))
+    try:
+        yield home
+    finally:
+        if shutil.which("gpgconf"):
+            subprocess.run(
+                ["gpgconf", "--homedir", str(home), "--kill", "all"],
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        raise EnvironmentProblem(f"{tool}: not found on PATH; install it to encrypt config backups")

@@ -1,0 +1,148 @@
+"""`drill backup database|files|config`: take one backup, as cron runs it.
+
+Settings come from drill.toml (`--config`), the environment and these options, in the
+usual order (options first). Prints one line per backup on stdout; a failure is one line on
+stderr and a non-zero exit (1 a backup failed, 2 configuration error, 3 a tool is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from drills.backup import backup_config, backup_database, backup_files, destination
+from drills.backup.common import BackupResult, os_error
+from drills.config import Config, load_config
+from drills.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `drill backup` and its kinds to the command's parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=None, help="drill.toml (default: ./drill.toml)")
+    common.add_argument("--storage-url", default=None, help="upload to this storage URL")
+    common.add_argument("--local-dir", default=None, help="keep local copies here")
+    common.add_argument(
+        "--no-upload", action="store_true", help="keep the backup locally only (needs a local dir)"
+    )
+    common.add_argument("--retention-days", default=None, help="prune local copies older than this")
+
+    parser = commands.add_parser("backup", help="take a backup with its manifest (for cron)")
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    database = kinds.add_parser("database", parents=[common], help="pg_dump the database")
+    database.add_argument("--dsn", default=None, help="libpq DSN (default: config, then PG*)")
+    database.add_argument("--name", default=None, help="database name used in file names")
+    database.add_argument("--format", choices=("plain", "custom", "directory"), default=None)
+    database.add_argument("--compression", choices=("gzip", "zstd", "none"), default=None)
+
+    files = kinds.add_parser("files", parents=[common], help="snapshot the uploads directory")
+    files.add_argument("--source", default=None, help="the uploads directory")
+
+    kinds.add_parser("config", parents=[common], help="archive the config files")
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Take the backup the arguments ask for; return the exit code."""
+    config = load_config(args.config, overrides=_overrides(args))
+    try:
+        result = _produce(args.kind, config, upload=not args.no_upload)
+    except OSError as exc:  # the producers name their own failures; this is the last net
+        raise os_error(exc.filename or args.kind, exc) from None
+    print(_summary(result))
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    overrides = {
+        "storage.url": args.storage_url,
+        "backup.local_dir": args.local_dir,
+        "backup.retention_days": args.retention_days,
+    }
+    if args.kind == "database":
+        overrides |= {
+            "database.dsn": args.dsn,
+            "database.name": args.name,
+            "database.format": args.format,
+            "database.compression": args.compression,
+        }
+    elif args.kind == "files":
+        overrides["files.source_dir"] = args.source
+    if args.no_upload and args.local_dir and not args.storage_url:
+        # nothing is uploaded: the local directory stands in for a storage the config needs
+        overrides["storage.url"] = Path(args.local_dir).absolute().as_uri()
+    return overrides
+
+
+def _produce(kind: str, config: Config, *, upload: bool) -> BackupResult:
+    if kind == "database":
+        if config.database is None:
+            raise ConfigError("[database] is not configured: set its name (or --name)")
+        settings = config.database
+        return backup_database(
+            destination(config, "database", upload=upload),
+            settings.name,
+            dsn=settings.dsn,
+            format=settings.format,
+            compression=settings.compression,
+            exact_count_max_bytes=settings.exact_count_max_bytes,
+        )
+    if kind == "files":
+        if config.files is None or not config.files.source_dir:
+            raise ConfigError("[files] source_dir is not set (or --source)")
+        return backup_files(destination(config, "files", upload=upload), config.files.source_dir)
+    if config.config is None or not config.config.paths:
+        raise ConfigError("[config] paths is not set: no config files to archive")
+    return backup_config(
+        destination(config, "config", upload=upload),
+        config.config.paths,
+        optional=config.config.optional,
+        passphrase=_passphrase(config.config.passphrase_env),
+    )
+
+
+def _passphrase(name: str | None) -> str | None:
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(
+            f"${name} is not set: [config] passphrase_env names it as the archives' passphrase"
+        )
+    return value
+
+
+def _summary(result: BackupResult) -> str:
+    manifest = result.manifest
+    what = _size(manifest.bytes or 0)
+    if manifest.kind == "files":
+        what = f"{len(manifest.files)} files, {what}"
+    if manifest.sha256:
+        what += f", sha256 {manifest.sha256[:12]}"
+    where = [str(result.local_path)] if result.local_path else []
+    local_uri = result.local_path.as_uri() if result.local_path else ""
+    if result.stored_at and not local_uri.startswith(result.stored_at.rstrip("/") + "/"):
+        where.append(result.stored_at)  # not when the local copy is the stored one
+    line = f"{result.kind}: {result.key} ({what}) -> {', '.join(where)}"
+    if result.copied:
+        line += f"; {result.uploaded} uploaded, {result.copied} unchanged copied"
+    if result.pruned:
+        line += f"; pruned {len(result.pruned)} past the retention: {', '.join(result.pruned)}"
+    return line
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    size = float(count)
+    for unit in ("KB", "MB", "GB"):
+        size /= 1024
+        if size < 1024 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
