@@ -1,3 +1,8 @@
 """Root conftest: lists the fixture modules, holds no logic."""
 
-pytest_plugins = ["fixtures.runtime", "fixtures.storage", "fixtures.drills"]
+pytest_plugins = [
+    "fixtures.runtime",
+    "fixtures.storage",
+    "fixtures.drills",
+    "fixtures.estate_backups",
+]

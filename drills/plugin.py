@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from drills import __version__
+from drills.errors import DrillError
 from drills.record import DrillRecord
 
 RECORDS_KEY = pytest.StashKey[list]()
@@ -113,6 +114,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             record.error = _cause(call)
             if call.excinfo is not None:
                 record.extra["error_type"] = type(call.excinfo.value).__name__
+        if call.excinfo is not None and isinstance(call.excinfo.value, DrillError):
+            # A named cause needs no traceback, and a traceback may print secrets.
+            report.longrepr = f"{type(call.excinfo.value).__name__}: {record.error}"
     elif report.when == "call":
         record.verdict = "pass"
     return report

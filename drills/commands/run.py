@@ -83,6 +83,8 @@ def run(
         argv += [f"--html={run_dir / 'pytest-report.html'}", "--self-contained-html"]
     if config.report.allure:
         argv += [f"--alluredir={run_dir / 'allure-results'}"]
+    # Short tracebacks: long ones print every frame's arguments, which may hold secrets.
+    argv += ["--tb=short"]
     argv += ["-q"] if quiet else ["-v"]
     status = pytest.main(argv)
     document = run_dir / "drill.json"

@@ -106,7 +106,9 @@ class PostgresContainer(LabelledContainer):
         cmd = ["docker", "exec"]
         if interactive:
             cmd.append("-i")
-        cmd += ["-e", f"PGUSER={self.user}", "-e", f"PGPASSWORD={self.password}"]
+        # Inside the container psql uses the Unix socket, where the image trusts local users,
+        # so no password goes on a command line (where `ps` would show it).
+        cmd += ["-e", f"PGUSER={self.user}"]
         cmd += ["-e", f"PGDATABASE={self.dbname}"]
         return [*cmd, self.get_wrapped_container().id, *argv]
 
