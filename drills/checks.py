@@ -10,6 +10,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from drills.errors import DrillError
 from drills.manifest import Manifest
 from drills.record import DrillRecord
 
@@ -30,6 +31,26 @@ JOIN pg_am am ON am.oid = c.relam
 WHERE am.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND i.indisvalid
 """
+
+
+def connect_restored(target, dbname: str) -> psycopg.Connection:
+    """Connect to a restored database; a refusal is a named cause, not a driver traceback."""
+    try:
+        return target.connect(dbname)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DrillError(f"the restored database {dbname} refuses connections: {reason}") from None
+
+
+def count_users(conn: psycopg.Connection, record: DrillRecord) -> int | None:
+    """The restored `users` count for the app-level smoke check; None (and a failed check)
+    when the table cannot be counted."""
+    try:
+        return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+    except psycopg.Error as exc:
+        detail = str(exc).strip().splitlines()[0]
+        record.check("users countable in the restored database", False, detail)
+        return None
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -154,6 +154,9 @@ def _restore_plain(
         causes.append(
             RestoreError(f"{backup.key}: psql failed: {_last_lines(errors['psql'].text())}")
         )
+        died = _target_died(pg)
+        if died:
+            causes.insert(0, RestoreError(f"{backup.key}: {died}"))
     if causes:
         root = causes[0]
         raise type(root)("; then ".join(str(c) for c in causes))
@@ -196,7 +199,9 @@ def _restore_archive(
     result = _in_container(pg, argv, remaining, check=False, what=f"pg_restore of {backup.key}")
     if result.returncode != 0:
         stderr = result.stderr.decode(errors="replace")
-        raise RestoreError(f"{backup.key}: pg_restore failed: {_last_lines(stderr)}")
+        died = _target_died(pg)
+        prefix = f"{died}; then " if died else ""
+        raise RestoreError(f"{backup.key}: {prefix}pg_restore failed: {_last_lines(stderr)}")
     _in_container(pg, ["rm", "-rf", WORKDIR], 120, check=False)
     return RestoreResult(
         bytes_read=sender.bytes_read,
@@ -386,6 +391,17 @@ def _drop_database(pg: PostgresContainer, dbname: str) -> None:
 def _create_role(pg: PostgresContainer, role: str) -> None:
     with pg.connect(autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{role.replace(chr(34), "")}"')
+
+
+def _target_died(pg: PostgresContainer) -> str | None:
+    """Why the restore target is gone, if it is: a killed container explains a failed client."""
+    state = pg.state()
+    if state == "running":
+        return None
+    return (
+        f"the restore target container died during the restore (state {state}); "
+        f"its last output: {_last_lines(pg.logs_tail(20), 3)}"
+    )
 
 
 def _last_lines(text: str, n: int = 6) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from drills import dumpinfo
-from drills.checks import check_database
+from drills.checks import check_database, connect_restored
 from drills.errors import DrillError
 from drills.restore import restore_database
 from drills.steps import conclude, locate
@@ -49,7 +49,7 @@ def test_latest_database_backup_restores(drill, drill_config, drill_storage, res
     record.notes += result.notes
     record.notes.append("fetch and checksum verification stream inside the restore phase")
 
-    with record.watch.phase("validate"), target.connect(settings.name) as conn:
+    with record.watch.phase("validate"), connect_restored(target, settings.name) as conn:
         check_database(conn, record, backup.manifest, settings.checks)
 
     conclude(record, targets.rto.database, targets.rpo.database, backup.taken_at)

@@ -1,6 +1,5 @@
-"""The database drill, end to end through `drill run`: a clean dump passes, and every broken
-dump made here for real (cut, flipped, empty, garbage, wrong database, failing SQL, lying
-manifest, stale) fails with exit 1 and a named cause. Never a false green."""
+"""The database drill, end to end through `drill run`: clean dumps of each kind pass, with the
+evidence a user reads in drill.json. Broken dumps are the fault catalogue's (tests/faults)."""
 
 from __future__ import annotations
 
@@ -145,101 +144,8 @@ def test_seed_style_dump_without_manifest_passes(tmp_path, dumps):
     assert any("has no manifest" in note for note in outcome["drill"]["notes"])
 
 
-def _flip(data: bytes, at: float) -> bytes:
-    flipped = bytearray(data)
-    flipped[int(len(data) * at)] ^= 0xFF
-    return bytes(flipped)
-
-
-def _inject_error(sql: bytes) -> bytes:
-    lines = sql.split(b"\n")
-    middle = len(lines) // 2
-    while not lines[middle].startswith(b"CREATE") and middle < len(lines) - 1:
-        middle += 1
-    return b"\n".join([*lines[:middle], b"SELECT 1/0;", *lines[middle:]])
-
-
-FAULTS = {
-    "cut at 10%": (lambda d: _gz(d["plain"])[: len(_gz(d["plain"])) // 10], "ends early"),
-    "cut at 50%": (lambda d: _gz(d["plain"])[: len(_gz(d["plain"])) // 2], "ends early"),
-    "cut at 99%": (lambda d: _gz(d["plain"])[: len(_gz(d["plain"])) * 99 // 100], "ends early"),
-    "flipped byte": (lambda d: _flip(_gz(d["plain"]), 0.5), "gzip stream is corrupt"),
-    "zero bytes": (lambda d: b"", "is empty (0 bytes)"),
-    "gzip of garbage": (lambda d: _gz(os.urandom(4096)), "cannot tell the Postgres major"),
-    "dump of another database": (lambda d: _gz(d["other_db"]), 'relation "users" does not exist'),
-    "schema-only dump": (lambda d: _gz(d["schema_only"]), "every restored table is empty"),
-    "SQL error midway": (lambda d: _gz(_inject_error(d["plain"])), "division by zero"),
-}
-
-
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_broken_dump_fails_with_named_cause(tmp_path, dumps, fault):
-    make, words = FAULTS[fault]
-    outcome = drill_run(tmp_path, f"{DB}_{_stamp(timedelta(minutes=2))}.sql.gz", make(dumps))
-    assert outcome["exit"] == 1, outcome["output"]
-    assert outcome["drill"]["verdict"] == "fail"
-    assert words in (outcome["drill"]["error"] or ""), outcome["drill"]["error"]
-
-
-LYING_MANIFESTS = {
-    "sha256 disagrees": ({"sha256": "0" * 64}, "sha256 mismatch"),
-    "lists a table the dump lacks": (
-        {"extra_table": True},
-        "tables listed in the manifest exist: missing: public.invoices",
-    ),
-    "row count disagrees": ({"users_rows": 999_999}, "public.users: manifest 999999"),
-}
-
-
-@pytest.mark.parametrize("lie", list(LYING_MANIFESTS))
-def test_manifest_that_disagrees_fails(tmp_path, dumps, lie):
-    data = _gz(dumps["plain"])
-    changes, words = LYING_MANIFESTS[lie]
-    counts = dict(dumps["counts"])
-    fields = {}
-    if "sha256" in changes:
-        fields["sha256"] = changes["sha256"]
-    if changes.get("extra_table"):
-        counts["invoices"] = 10
-    if "users_rows" in changes:
-        counts["users"] = changes["users_rows"]
-    manifest = _manifest(data, counts, timedelta(minutes=3), **fields)
-    outcome = drill_run(tmp_path, f"{DB}_{_stamp(timedelta(minutes=3))}.sql.gz", data, manifest)
-    assert outcome["exit"] == 1, outcome["output"]
-    assert words in (outcome["drill"]["error"] or ""), outcome["drill"]["error"]
-
-
-def test_stale_backup_fails_its_rpo(tmp_path, dumps):
-    outcome = drill_run(tmp_path, f"{DB}_{_stamp(timedelta(days=2))}.sql.gz", _gz(dumps["plain"]))
-    assert outcome["exit"] == 1
-    assert "RPO over target" in outcome["drill"]["error"]
-    assert "stale backup" in outcome["drill"]["error"]
-
-
 def test_custom_format_restores_with_parallel_jobs(tmp_path, dumps):
     name = f"{DB}_{_stamp(timedelta(minutes=4))}.dump"
     outcome = drill_run(tmp_path, name, dumps["custom"])
     assert outcome["exit"] == 0, outcome["output"]
     assert outcome["drill"]["restore"]["method"].startswith("pg_restore --jobs")
-
-
-def test_damaged_custom_format_fails(tmp_path, dumps):
-    data = bytearray(dumps["custom"])
-    data[200:400] = os.urandom(200)  # inside the archive's table of contents
-    outcome = drill_run(tmp_path, f"{DB}_{_stamp(timedelta(minutes=4))}.dump", bytes(data))
-    assert outcome["exit"] == 1, outcome["output"]
-    assert (
-        "pg_restore failed" in outcome["drill"]["error"]
-        or "archive header" in (outcome["drill"]["error"])
-    )
-
-
-def test_major_without_an_image_is_an_environment_error(tmp_path, dumps):
-    # A real dump whose header claims PostgreSQL 9.6: no image of that major can be built
-    # offline, so the drill cannot run, and `drill run` says it is the machine's problem.
-    data = dumps["plain"].replace(
-        b"Dumped from database version 15.", b"Dumped from database version 9.", 1
-    )
-    outcome = drill_run(tmp_path, f"{DB}_{_stamp(timedelta(minutes=1))}.sql.gz", _gz(data))
-    assert outcome["exit"] == 3, outcome["output"]
-    assert "no image for PostgreSQL 9" in outcome["drill"]["error"]

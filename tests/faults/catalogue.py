@@ -1,0 +1,565 @@
+"""The fault catalogue: every fault we can name, how it is made for real, and what it must cause.
+
+One row per fault. Each is made on real backups (bytes flipped, files cut, objects deleted,
+containers killed), never by patching the harness. A row names the drill that must fail (or,
+for a transient fault, pass) and the words its cause must contain. `tests/faults/
+test_catalogue.py` runs every row through `drill run` and prints the table; docs/reliability.md
+carries it as the product's promise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from drills.manifest import Manifest, TableCount
+from fixtures.estate_backups import DB, put_config_archive, put_files_snapshot, stamp
+
+ENV_FILE = b"DATABASE_URL=postgresql://app:pw@db/app\nSECRET_KEY=not-a-real-secret\n"
+COMPOSE = b"services:\n  api:\n    image: app\n"
+PASSPHRASE = "correct horse battery staple"
+UPLOADS = {
+    "avatars/a.png": b"\x89PNG" + os.urandom(2000),
+    "documents/b.pdf": b"%PDF" + os.urandom(3000),
+    "receipts/c.jpg": b"\xff\xd8" + os.urandom(1500),
+}
+
+DATABASE = f'[database]\nname = "{DB}"\nchecks = ["SELECT count(*) > 0 FROM users"]\n'
+FILES = "[files]\n"
+CONFIG = (
+    '[config]\npassphrase_env = "DRILL_CONFIG_PASSPHRASE"\n'
+    'required = [".env.production", "docker-compose.yml"]\n'
+)
+APP = "[app]\n"
+
+
+@dataclass
+class Case:
+    """What a row set up: config sections, the environment, and an action during the run."""
+
+    sections: str
+    env: dict[str, str] = field(default_factory=dict)
+    during: Callable[[int], None] | None = None  # called with the drill process's pid
+    storage_url: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One row of the catalogue."""
+
+    name: str
+    area: str
+    injection: str
+    drill: str
+    words: str
+    make: Callable  # (ctx) -> Case
+    expect: str = "fail"
+    exit: int = 1
+
+
+# -- database dumps ---------------------------------------------------------------------------
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=6)
+
+
+def _put_dump(ctx, data: bytes, *, manifest: Manifest | None = None, ext: str = ".sql.gz") -> str:
+    key = f"database/{DB}_{stamp(timedelta(minutes=3))}{ext}"
+    ctx.storage.put_bytes(key, data)
+    if manifest is not None:
+        ctx.storage.put_bytes(f"{key}.manifest.json", manifest.to_json().encode())
+    return key
+
+
+def _manifest(data: bytes, counts: dict[str, int], **changes) -> Manifest:
+    taken = datetime.now(UTC) - timedelta(minutes=3)
+    fields = {
+        "kind": "database",
+        "started_at": taken,
+        "finished_at": taken,
+        "format": "plain",
+        "compression": "gzip",
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "database": DB,
+        "server_version": "15",
+        "tables": tuple(TableCount(f"public.{t}", n, True) for t, n in counts.items()),
+    }
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def dump_case(transform: Callable[[dict], bytes], ext: str = ".sql.gz"):
+    """A row's maker: store `transform(dumps)` as the newest dump, drill the database."""
+
+    def make(ctx) -> Case:
+        _put_dump(ctx, transform(ctx.dumps), ext=ext)
+        return Case(DATABASE)
+
+    return make
+
+
+def manifest_case(**lie):
+    """A clean dump whose manifest lies in one way."""
+
+    def make(ctx) -> Case:
+        data = _gz(ctx.dumps["plain"])
+        counts = dict(ctx.dumps["counts"])
+        changes = {}
+        if "sha256" in lie:
+            changes["sha256"] = lie["sha256"]
+        if "extra_table" in lie:
+            counts[lie["extra_table"]] = 10
+        if "users" in lie:
+            counts["users"] = lie["users"]
+        _put_dump(ctx, data, manifest=_manifest(data, counts, **changes))
+        return Case(DATABASE)
+
+    return make
+
+
+def _flip(data: bytes, at: float) -> bytes:
+    out = bytearray(data)
+    out[int(len(out) * at)] ^= 0xFF
+    return bytes(out)
+
+
+def _cut(fraction: float):
+    return lambda d: _gz(d["plain"])[: int(len(_gz(d["plain"])) * fraction)]
+
+
+def _with_sql(sql: bytes, extra: bytes, where: str = "middle") -> bytes:
+    lines = sql.split(b"\n")
+    if where == "end":
+        return sql + b"\n" + extra + b"\n"
+    middle = len(lines) // 2
+    while not lines[middle].startswith(b"CREATE") and middle < len(lines) - 1:
+        middle += 1
+    return b"\n".join([*lines[:middle], extra, *lines[middle:]])
+
+
+def _damaged_toc(d: dict) -> bytes:
+    data = bytearray(d["custom"])
+    data[200:400] = os.urandom(200)
+    return bytes(data)
+
+
+# -- files and config -------------------------------------------------------------------------
+
+
+def files_case(*, drop: str | None = None, alter: str | None = None, extra: str | None = None):
+    """A snapshot whose stored files differ from its manifest in one way."""
+
+    def make(ctx) -> Case:
+        stored = dict(UPLOADS)
+        if drop:
+            del stored[drop]
+        if alter:
+            stored[alter] = _flip(stored[alter], 0.5)
+        if extra:
+            stored[extra] = b"not in the manifest"
+        put_files_snapshot(ctx.storage, stored, listed=UPLOADS)
+        return Case(FILES)
+
+    return make
+
+
+def files_archived(ctx) -> Case:
+    """A snapshot file moved to the archive tier: stored, listed, unreadable until restored."""
+    key = put_files_snapshot(ctx.storage, UPLOADS)
+    ctx.archive(key + "documents/b.pdf")
+    return Case(FILES)
+
+
+def config_case(*, passphrase: str = PASSPHRASE, damage: bool = False, drop: str | None = None):
+    """An encrypted config archive with one thing wrong."""
+
+    def make(ctx) -> Case:
+        members = {"srv/app/.env.production": ENV_FILE, "srv/app/docker-compose.yml": COMPOSE}
+        if drop:
+            members = {k: v for k, v in members.items() if not k.endswith(drop)}
+        put_config_archive(ctx.storage, members, passphrase=PASSPHRASE, damage=damage)
+        return Case(CONFIG, env={"DRILL_CONFIG_PASSPHRASE": passphrase})
+
+    return make
+
+
+# -- storage ----------------------------------------------------------------------------------
+
+
+def vanishing_object(ctx) -> Case:
+    """The dump is listed, then deleted while the restore target starts."""
+    key = _put_dump(ctx, _gz(ctx.dumps["plain"]))
+
+    def during(pid: int) -> None:
+        ctx.wait_for_container(pid)
+        ctx.storage_delete(key)
+
+    return Case(DATABASE, during=during)
+
+
+def s3_errors(status: int, times: int):
+    """The dump's GET answers `status` `times` times (a fault proxy in front of real S3)."""
+
+    def make(ctx) -> Case:
+        key = _put_dump(ctx, _gz(ctx.dumps["plain"]))
+        proxy = ctx.proxy()
+        proxy.fail("GET", key.split("/", 1)[1], status=status, times=times)
+        return Case(DATABASE, endpoint_url=proxy.endpoint_url)
+
+    return make
+
+
+def unreachable(ctx) -> Case:
+    _put_dump(ctx, _gz(ctx.dumps["plain"]))
+    return Case(DATABASE, endpoint_url=f"http://127.0.0.1:{ctx.closed_port()}")
+
+
+# -- runtime ----------------------------------------------------------------------------------
+
+HANG = (
+    b"-- Dumped from database version 15.4\nCREATE TABLE users (id int);\nSELECT pg_sleep(300);\n"
+)
+
+
+def killed_target(ctx) -> Case:
+    """The restore target is killed while the restore runs."""
+    _put_dump(ctx, _gz(HANG))
+    return Case(DATABASE, during=lambda pid: ctx.kill_restore_target(pid))
+
+
+def hanging_restore(ctx) -> Case:
+    _put_dump(ctx, _gz(HANG))
+    return Case(DATABASE.replace("[database]\n", '[database]\nrestore_timeout = "5s"\n'))
+
+
+def refuses_connections(ctx) -> Case:
+    """The dump itself turns connections off: the restored database refuses them."""
+    # A superuser passes every connection limit, but not a database closed to connections.
+    closing = f"\\connect postgres\nALTER DATABASE {DB} ALLOW_CONNECTIONS false;".encode()
+    sql = _with_sql(ctx.dumps["plain"], closing, "end")
+    _put_dump(ctx, _gz(sql))
+    return Case(DATABASE)
+
+
+def system_case(app_section: str, *, dump: str = "plain"):
+    """The full-system drill with one thing wrong in the application."""
+
+    def make(ctx) -> Case:
+        _put_dump(ctx, _gz(ctx.dumps[dump]))
+        put_files_snapshot(ctx.storage, UPLOADS)
+        return Case(DATABASE + FILES + app_section)
+
+    return make
+
+
+def stale(ctx) -> Case:
+    key = f"database/{DB}_{stamp(timedelta(days=3))}.sql.gz"
+    ctx.storage.put_bytes(key, _gz(ctx.dumps["plain"]))
+    return Case(DATABASE)
+
+
+FAULTS: list[Fault] = [
+    # database dumps
+    Fault(
+        "flipped byte in the gzip stream",
+        "database",
+        "one byte XOR 0xFF mid-file",
+        "database",
+        "gzip stream is corrupt",
+        dump_case(lambda d: _flip(_gz(d["plain"]), 0.5)),
+    ),
+    Fault(
+        "dump cut at 10%",
+        "database",
+        "first 10% of the .gz kept",
+        "database",
+        "ends early",
+        dump_case(_cut(0.10)),
+    ),
+    Fault(
+        "dump cut at 50%",
+        "database",
+        "first 50% of the .gz kept",
+        "database",
+        "ends early",
+        dump_case(_cut(0.50)),
+    ),
+    Fault(
+        "dump cut at 99%",
+        "database",
+        "first 99% of the .gz kept",
+        "database",
+        "ends early",
+        dump_case(_cut(0.99)),
+    ),
+    Fault(
+        "zero-byte dump",
+        "database",
+        "empty file",
+        "database",
+        "is empty (0 bytes)",
+        dump_case(lambda d: b""),
+    ),
+    Fault(
+        "valid gzip of garbage",
+        "database",
+        "gzip of random bytes",
+        "database",
+        "cannot tell the Postgres major",
+        dump_case(lambda d: _gz(os.urandom(4096))),
+    ),
+    Fault(
+        "dump of another database",
+        "database",
+        "pg_dump of a database with no users",
+        "database",
+        'relation "users" does not exist',
+        dump_case(lambda d: _gz(d["other_db"])),
+    ),
+    Fault(
+        "schema-only dump",
+        "database",
+        "pg_dump --schema-only",
+        "database",
+        "every restored table is empty",
+        dump_case(lambda d: _gz(d["schema_only"])),
+    ),
+    Fault(
+        "SQL error midway through restore",
+        "database",
+        "SELECT 1/0; inserted mid-dump",
+        "database",
+        "division by zero",
+        dump_case(lambda d: _gz(_with_sql(d["plain"], b"SELECT 1/0;"))),
+    ),
+    Fault(
+        "manifest sha256 disagrees",
+        "database",
+        "manifest sha256 = 000…",
+        "database",
+        "sha256 mismatch",
+        manifest_case(sha256="0" * 64),
+    ),
+    Fault(
+        "manifest lists a table the dump lacks",
+        "database",
+        "manifest adds public.invoices",
+        "database",
+        "missing: public.invoices",
+        manifest_case(extra_table="invoices"),
+    ),
+    Fault(
+        "row count disagrees with the manifest",
+        "database",
+        "manifest users = 999999",
+        "database",
+        "public.users: manifest 999999",
+        manifest_case(users=999_999),
+    ),
+    Fault(
+        "custom-format dump with a damaged TOC",
+        "database",
+        "200 random bytes in the header/TOC",
+        "database",
+        "pg_restore failed",
+        dump_case(_damaged_toc, ext=".dump"),
+    ),
+    # files
+    Fault(
+        "an upload missing",
+        "files",
+        "one file not stored, still in the manifest",
+        "files",
+        "documents/b.pdf",
+        files_case(drop="documents/b.pdf"),
+    ),
+    Fault(
+        "an upload altered",
+        "files",
+        "one byte flipped in one stored file",
+        "files",
+        "avatars/a.png",
+        files_case(alter="avatars/a.png"),
+    ),
+    Fault(
+        "an extra upload",
+        "files",
+        "a stored file absent from the manifest",
+        "files",
+        "stray.txt",
+        files_case(extra="stray.txt"),
+    ),
+    Fault(
+        "a snapshot file unreadable",
+        "files",
+        "one object moved to GLACIER",
+        "files",
+        "archived",
+        files_archived,
+    ),
+    # config
+    Fault(
+        "wrong passphrase",
+        "config",
+        "DRILL_CONFIG_PASSPHRASE set to another value",
+        "config",
+        "wrong passphrase",
+        config_case(passphrase="not the passphrase"),
+    ),
+    Fault(
+        "corrupted config archive",
+        "config",
+        "one byte flipped in the .gpg",
+        "config",
+        "corrupt",
+        config_case(damage=True),
+    ),
+    Fault(
+        "required config file missing",
+        "config",
+        "docker-compose.yml not archived",
+        "config",
+        "docker-compose.yml",
+        config_case(drop="docker-compose.yml"),
+    ),
+    # storage
+    Fault(
+        "object disappears between listing and fetch",
+        "storage",
+        "dump deleted while the restore target starts",
+        "database",
+        "no such object",
+        vanishing_object,
+    ),
+    Fault(
+        "S3 answers 500 twice, then succeeds",
+        "storage",
+        "fault proxy: 2 x 500 on the dump's GET",
+        "database",
+        "",
+        s3_errors(500, 2),
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "S3 answers 403",
+        "storage",
+        "fault proxy: 403 on every GET of the dump",
+        "database",
+        "access denied",
+        s3_errors(403, 10**6),
+    ),
+    Fault(
+        "storage unreachable",
+        "storage",
+        "endpoint on a closed 127.0.0.1 port",
+        "database",
+        "unreachable",
+        unreachable,
+    ),
+    # runtime
+    Fault(
+        "restore container killed midway",
+        "runtime",
+        "docker kill of the target during psql",
+        "database",
+        "psql failed",
+        killed_target,
+    ),
+    Fault(
+        "the database refuses connections",
+        "runtime",
+        "dump ends with ALLOW_CONNECTIONS false",
+        "database",
+        "refuses connections",
+        refuses_connections,
+    ),
+    Fault(
+        "the API answers 503 on /health",
+        "runtime",
+        "app started without its DATABASE_URL",
+        "system",
+        "/health answered 503",
+        system_case('[app]\ndatabase_env = "APP_DATABASE_URL"\n'),
+    ),
+    Fault(
+        "the API answers 500 on its health path",
+        "runtime",
+        "health path /users/count on a dump with no users",
+        "system",
+        "answered 500",
+        system_case('[app]\nhealth_path = "/users/count"\n', dump="other_db"),
+    ),
+    Fault(
+        "the API never starts",
+        "runtime",
+        "[app] image whose process exits at once",
+        "system",
+        "exited before it was ready",
+        system_case('[app]\nimage = "recovery-drills/postgres:15"\n'),
+    ),
+    Fault(
+        "a restore that hangs",
+        "runtime",
+        "pg_sleep(300) in the dump, restore_timeout 5s",
+        "database",
+        "did not finish within its bound of 5 s",
+        hanging_restore,
+    ),
+    Fault(
+        "no image for the backup's major",
+        "runtime",
+        "dump header says PostgreSQL 9",
+        "database",
+        "no image for PostgreSQL 9",
+        dump_case(
+            lambda d: _gz(d["plain"].replace(b"database version 15.", b"database version 9.", 1))
+        ),
+        exit=3,
+    ),
+    # freshness
+    Fault(
+        "backup older than its RPO",
+        "freshness",
+        "newest dump named 3 days ago",
+        "freshness",
+        "newest backup within RPO",
+        stale,
+    ),
+]
+
+
+def wait_until(predicate: Callable[[], object], bound: float, what: str) -> object:
+    """Poll `predicate` until truthy; fail the row after `bound` seconds."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def catalogue_markdown(rows: list[dict]) -> str:
+    """The catalogue's results as a Markdown table."""
+    lines = [
+        "| fault | injected by | drill | expected | got | cause seen |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        cause = (row["cause"] or "").replace("|", "\\|").replace("\n", " ")
+        if len(cause) > 160:
+            cause = cause[:157] + "..."
+        lines.append(
+            f"| {row['name']} | {row['injection']} | {row['drill']} | {row['expected']} | "
+            f"{row['got']} | {cause} |"
+        )
+    return "\n".join(lines) + "\n"
