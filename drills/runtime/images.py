@@ -154,7 +154,18 @@ def ensure_app_image(client: docker.DockerClient) -> str:
                 buildargs={"BASE": base},
                 labels={LABEL_BUILDER: f"recovery-drills {__version__}", LABEL_RECIPE: recipe},
             )
+            _remove_stale(client, APP_REPO, keep=tag)
     return tag
+
+
+def _remove_stale(client: docker.DockerClient, repo: str, keep: str) -> None:
+    """Remove our older builds of a repository (best effort: one in use stays)."""
+    for image in client.images.list(name=repo):
+        if keep in image.tags:
+            continue
+        for tag in image.tags:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(tag)
 
 
 def image_postgres_version(client: docker.DockerClient, tag: str) -> str | None:
