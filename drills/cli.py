@@ -61,15 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--no-app", action="store_true", help="skip the sample application image")
     images.set_defaults(func=_images)
 
+    from drills.commands import report as report_cmd
     from drills.commands import run as run_cmd
     from drills.commands import status as status_cmd
 
     run_cmd.register(commands)
     status_cmd.register(commands)
+    report_cmd.register(commands)
 
     from drills.commands import backup as backup_cmd
 
     backup_cmd.register(commands)
+
+    from drills.commands import heartbeat as heartbeat_cmd
+
+    heartbeat_cmd.register(commands)
 
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")

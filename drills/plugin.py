@@ -23,6 +23,8 @@ from drills.errors import DrillError
 from drills.record import DrillRecord
 
 RECORDS_KEY = pytest.StashKey[list]()
+# The test-runner reports (pytest-html columns and extras, Allure steps and attachments).
+pytest_plugins = ["drills.report.pytest_extras"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

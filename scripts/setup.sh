@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-DEBIAN_PACKAGES=(docker.io debootstrap rsync gnupg zstd postgresql-client)
+DEBIAN_PACKAGES=(docker.io debootstrap rsync gnupg zstd postgresql-client chromium)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -17,14 +17,15 @@ from drills.config import Config, load_config
 from drills.errors import ConfigError
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-KINDS = ("database", "files", "config", "system", "freshness")
-CONTAINER_DRILLS = {"database", "files", "system"}
+KINDS = ("database", "files", "config", "system", "pitr", "freshness")
+CONTAINER_DRILLS = {"database", "files", "system", "pitr"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `drill run` to the command's parser."""
     parser = commands.add_parser("run", help="run the drills against a configured estate")
     add_run_options(parser)
+    parser.add_argument("--target-time", default=None, help="pitr: recover to this ISO time")
     parser.set_defaults(func=main)
 
 
@@ -44,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
     overrides = _overrides(args.set)
     if args.report_dir:
         overrides["report.dir"] = args.report_dir
+    if getattr(args, "target_time", None):
+        overrides["pitr.target"] = args.target_time
     config = load_config(args.config, overrides=overrides)
     return run(config, args.config, overrides, only=_only(args.only), quiet=args.quiet)
 
@@ -88,9 +91,17 @@ def run(
     argv += ["-q"] if quiet else ["-v"]
     status = pytest.main(argv)
     document = run_dir / "drill.json"
+    if int(status) in (2, 3, 4):
+        # Interrupted, internal error or usage error: whatever drill.json says, the run is
+        # incomplete, and an incomplete run is never a pass.
+        print(f"drill: the run did not complete (pytest exit {int(status)}); report: {run_dir}")
+        return 2 if int(status) == 4 else 1
     if not document.exists():
         print(f"drill: the run wrote no drill.json (pytest exit {int(status)})")
         return 2 if int(status) in (2, 3, 4) else 1
+    from drills.report import finalize_run
+
+    finalize_run(run_dir, config)
     result = json.loads(document.read_text())
     verdict = result["verdict"]
     print(f"drill: {verdict.upper()}; report: {run_dir}")

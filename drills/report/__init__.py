@@ -1,0 +1,114 @@
+"""Reports of a drill run: the HTML drill report, its history, and the sealed evidence.
+
+`finalize_run()` is what `drill run` calls once pytest has written `<run>/drill.json`:
+
+>>> run_dir = Path("reports/20250115T020000.000000Z")
+>>> finalize_run(run_dir, load_config("drill.toml"))  # doctest: +SKIP
+
+The pytest-html and Allure side lives in `drills.report.pytest_extras` (pytest hooks).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drills import evidence
+from drills.config_schema import Config, redact_text
+from drills.errors import ConfigError, DrillError
+from drills.report.html import REPORT, write_report
+
+__all__ = ["REPORT", "finalize_run", "write_report"]
+
+HOST_TOOLS = {
+    "pg_dump": ["pg_dump", "--version"],
+    "pg_restore": ["pg_restore", "--version"],
+    "psql": ["psql", "--version"],
+    "gpg": ["gpg", "--version"],
+    "docker engine": ["docker", "version", "--format", "{{.Server.Version}}"],
+}
+RUN_DIR_STAMP = "%Y%m%dT%H%M%S.%fZ"
+
+
+def finalize_run(run_dir: Path, config: Config) -> None:
+    """Complete a run's reports: drill.json facts, drill-report.html, history, hashes, signature.
+
+    In order: add the estate, the run's start, the environment and the signing state to
+    drill.json (every string redacted); append the run to `<report-dir>/history.jsonl`;
+    write drill-report.html (unless `[report] html = false`); scrub the configuration's
+    secret values from every file of the run; record every file's sha256 in drill.json and
+    sign it. A configured signing key that cannot be used leaves the run unsigned, says why
+    in the report, and raises ConfigError at the end (exit 2).
+    """
+    report_dir = run_dir.parent
+    document_path = run_dir / evidence.DOCUMENT
+    if not document_path.exists():
+        raise DrillError(f"{document_path}: missing; the drills wrote no record")
+    key, problem = None, None
+    try:
+        key = evidence.signing_key(config.report, report_dir)
+    except ConfigError as exc:
+        problem = str(exc)
+    document = json.loads(document_path.read_text())
+    document.update(
+        estate=config.estate.name,
+        run={"id": run_dir.name, "started_at": _run_started(run_dir)},
+        environment=_environment(config),
+        evidence=evidence.signing_state(key, problem),
+    )
+    document = _redacted(document)
+    document_path.write_text(json.dumps(document, indent=2) + "\n")
+    evidence.append_history(report_dir, document, run_dir.name)
+    if config.report.html:
+        write_report(run_dir)
+    evidence.scrub(run_dir, evidence.known_secrets(config))
+    evidence.seal(run_dir, key)
+    if problem:
+        raise ConfigError(f"the run's evidence is not signed: {problem}")
+
+
+def _run_started(run_dir: Path) -> str | None:
+    # `drill run` names each run directory after the UTC moment it started.
+    try:
+        return datetime.strptime(run_dir.name, RUN_DIR_STAMP).replace(tzinfo=UTC).isoformat()
+    except ValueError:
+        return None
+
+
+def _environment(config: Config) -> dict[str, Any]:
+    storage = config.storage
+    return {
+        "storage": {
+            "url": storage.url,
+            "endpoint_url": storage.endpoint_url,
+            "region": storage.region,
+        },
+        "tools": {name: _version(argv) for name, argv in HOST_TOOLS.items()},
+    }
+
+
+def _version(argv: list[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return "not installed"
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    if result.returncode != 0:
+        return f"unknown ({lines[0] if lines else f'exit {result.returncode}'})"
+    return lines[0] if lines else "unknown"
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value

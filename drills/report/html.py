@@ -1,0 +1,315 @@
+"""The HTML drill report: one self-contained page rendered from drill.json and the history.
+
+`render()` turns a drill.json document (and the report directory's history) into HTML;
+`write_report()` does it for a run directory. The page carries its CSS and SVG inline, loads
+nothing (a Content-Security-Policy forbids it), prints on A4, and passes every string through
+the harness's redaction on its way out.
+
+>>> write_report(Path("reports/latest"))  # doctest: +SKIP
+PosixPath('reports/latest/drill-report.html')
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import ChainableUndefined, Environment, FileSystemLoader
+from markupsafe import Markup
+
+from drills import evidence
+from drills.config_schema import redact_text
+from drills.report import charts
+from drills.report.charts import duration
+
+REPORT = "drill-report.html"
+HISTORY_RUNS = 30
+TEMPLATES = Path(__file__).parent / "templates"
+# Keys of a drill record that have their own place on the page; others go under "more facts".
+SHOWN = {
+    "kind", "verdict", "started_at", "phases", "rto", "rpo", "checks", "error", "notes",
+    "restore", "restore_target", "postgres_major", "containers", "logs", "failed_command",
+}  # fmt: skip
+TIME_SOURCES = {
+    "manifest": "the manifest's start time",
+    "name": "the time in the file name (read as UTC)",
+    "mtime": "the object's modification time (no manifest, no time in the name)",
+}
+
+
+def write_report(run_dir: Path) -> Path:
+    """Render `<run_dir>/drill.json` into `<run_dir>/drill-report.html`; return its path."""
+    path = run_dir / REPORT
+    path.write_text(render_run(run_dir))
+    return path
+
+
+def render_run(run_dir: Path) -> str:
+    """The report of a run directory, with the history of its report directory."""
+    document = json.loads((run_dir / evidence.DOCUMENT).read_text())
+    return render(document, evidence.read_history(run_dir.parent))
+
+
+def render(document: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
+    """The HTML report of one drill.json document.
+
+    Only history entries that finished no later than this run are drawn, so that a report
+    regenerated later is the same page as the one first written.
+    """
+    finished = document.get("finished_at") or ""
+    past = [h for h in history or [] if (h.get("finished_at") or "") <= finished]
+    template = _environment().get_template("drill-report.html.j2")
+    return template.render(
+        doc={**dict.fromkeys(("host", "python", "harness_version", "finished_at")), **document},
+        run=_run_view(document),
+        drills=[_drill_view(d) for d in document.get("drills", [])],
+        history=_history_view(past[-HISTORY_RUNS:]),
+        evidence={"signed": False, "unsigned_reason": None, **(document.get("evidence") or {})},
+        environment={"storage": None, "tools": {}, **(document.get("environment") or {})},
+    )
+
+
+def _environment() -> Environment:
+    # drill.json is open: drills add fields as they grow, and a field a record lacks must
+    # leave its line of the page empty, not fail the whole report.
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=ChainableUndefined,
+        finalize=_redact,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(human=duration, when=when, size=size, pretty=pretty)
+    return env
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return redact_text(value)
+    return value
+
+
+# --- formatting ---------------------------------------------------------------------------
+
+
+def when(iso: str | None) -> str:
+    """'2025-01-15 02:00:00 UTC' from an ISO-8601 time; '-' when unknown."""
+    moment = _parse(iso)
+    if moment is None:
+        return iso or "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def size(count: int | None) -> str:
+    """'292.0 MB' for people (powers of 1000, as disk vendors and S3 consoles count)."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{count} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def pretty(value: Any) -> str:
+    """A value of an unknown drill.json field, as short readable text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=1, sort_keys=True, default=str)
+
+
+def _parse(iso: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(iso) if iso else None
+    except ValueError:
+        return None
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    first, last = _parse(start), _parse(end)
+    return None if first is None or last is None else (last - first).total_seconds()
+
+
+# --- the view -----------------------------------------------------------------------------
+
+
+def _run_view(document: dict) -> dict[str, Any]:
+    drills = document.get("drills", [])
+    started = (document.get("run") or {}).get("started_at") or min(
+        (d.get("started_at") for d in drills if d.get("started_at")), default=None
+    )
+    counts = {v: sum(d.get("verdict") == v for d in drills) for v in ("pass", "fail", "not_run")}
+    return {
+        "verdict": document.get("verdict", "fail"),
+        "estate": document.get("estate") or "(estate not named)",
+        "started_at": started,
+        "duration_s": _seconds_between(started, document.get("finished_at")),
+        "counts": counts,
+        "failed": [d for d in drills if d.get("verdict") == "fail"],
+    }
+
+
+def _drill_view(drill: dict) -> dict[str, Any]:
+    rto, rpo = drill.get("rto") or {}, drill.get("rpo") or {}
+    backups = {k: v for k, v in drill.items() if _is_backup(k, v)}
+    restore = drill.get("restore") if isinstance(drill.get("restore"), dict) else None
+    read_sha = (restore or {}).get("sha256")
+    view = dict(drill)
+    view.update(
+        rto_row=target_row("RTO", rto.get("target_s"), rto.get("measured_s")),
+        rpo_row=target_row("RPO", rpo.get("target_s"), rpo.get("measured_s")),
+        cause=_cause(drill),
+        timeline=charts.timeline_svg(
+            drill.get("phases") or {}, rto.get("measured_s"), rto.get("target_s")
+        ),
+        backups=[
+            _backup_view(name, b, drill.get("started_at"), read_sha if name == "backup" else None)
+            for name, b in backups.items()
+        ],
+        restore_rows=_restore_rows(restore),
+        checks=drill.get("checks") or [],
+        notes=drill.get("notes") or [],
+        logs=drill.get("logs") or {},
+        facts={
+            k: v
+            for k, v in drill.items()
+            if k not in SHOWN and k not in backups and v not in (None, {}, [])
+        },
+    )
+    return view
+
+
+def _is_backup(key: str, value: Any) -> bool:
+    # Drills add the other backups they used next to `backup`, e.g. `uploads_backup`.
+    return key.endswith("backup") and isinstance(value, dict) and "key" in value
+
+
+def _restore_rows(restore: dict | None) -> list[tuple[str, str]]:
+    rows = []
+    for key, value in (restore or {}).items():
+        if key == "bytes_read":
+            rows.append(("Read", size(value)))
+        elif key == "seconds":
+            rows.append(("Restore took", duration(value)))
+        elif key == "sha256":
+            rows.append(("sha256 of the bytes read", value))
+        else:
+            rows.append((key.replace("_", " ").capitalize(), pretty(value)))
+    return rows
+
+
+def _cause(drill: dict) -> str:
+    verdict, error = drill.get("verdict"), drill.get("error")
+    if verdict == "not_run":
+        return f"not run: {error or 'no reason given'}"
+    if verdict == "fail":
+        return error or "failed without a named cause (see the pytest report)"
+    return ""
+
+
+def target_row(name: str, target_s: float | None, measured_s: float | None) -> dict[str, Any]:
+    """One line of the RTO/RPO table: target, measured, margin, state and words."""
+    row: dict[str, Any] = {"name": name, "target_s": target_s, "measured_s": measured_s}
+    if measured_s is None:
+        return row | {"state": "unknown", "margin": "-", "words": "not measured"}
+    if target_s is None:
+        return row | {"state": "unknown", "margin": "-", "words": "no target set"}
+    share = measured_s / target_s * 100 if target_s else float("inf")
+    if measured_s <= target_s:
+        return row | {
+            "state": "ok",
+            "margin": f"{duration(target_s - measured_s)} to spare",
+            "words": f"met: {_share(share)} of the target used",
+        }
+    over = duration(measured_s - target_s)
+    words = (
+        f"missed: the recovery took {duration(measured_s)}, {over} over the {duration(target_s)} "
+        "target"
+        if name == "RTO"
+        else f"missed: the newest backup was {duration(measured_s)} old when the drill started, "
+        f"{over} more data lost than the {duration(target_s)} target allows (stale or too "
+        "infrequent backups)"
+    )
+    return row | {"state": "over", "margin": f"{over} over", "words": words}
+
+
+def _share(percent: float) -> str:
+    return "under 0.1%" if percent < 0.1 else f"{percent:.1f}%"
+
+
+def _backup_view(
+    name: str, backup: dict, drill_started: str | None, read_sha: str | None
+) -> dict[str, Any]:
+    manifest_sha = backup.get("sha256")
+    if backup.get("manifest"):
+        integrity = (
+            "A manifest was found: what the backup holds (sha256, sizes, counts) was written "
+            "down when it was taken, and the drill's checks compare the restore with it."
+        )
+    else:
+        integrity = (
+            "No manifest: integrity rests on the compressor's end-of-stream check and on the "
+            "restore itself. There is no sha256 or row count written at backup time to "
+            "compare with, so a dump that was cut short cleanly cannot be told from a "
+            "complete one. The producers of drill backup write manifests."
+        )
+    return {
+        **backup,
+        "title": name.replace("_", " ").capitalize(),
+        "age_s": _seconds_between(backup.get("taken_at"), drill_started),
+        "time_source_words": TIME_SOURCES.get(backup.get("time_source"), "unknown"),
+        "sha256_shown": manifest_sha or read_sha,
+        "sha256_origin": "from the manifest" if manifest_sha else "computed while restoring",
+        "sha256_matches": (manifest_sha == read_sha) if manifest_sha and read_sha else None,
+        "integrity": integrity,
+    }
+
+
+def _history_view(entries: list[dict]) -> list[dict[str, Any]]:
+    kinds: dict[str, list[tuple[dict, dict]]] = {}
+    for entry in entries:
+        for kind, result in (entry.get("drills") or {}).items():
+            if result.get("verdict") != "not_run":
+                kinds.setdefault(kind, []).append((entry, result))
+    views = []
+    for kind, runs in kinds.items():
+        points = [
+            charts.Point(
+                (_parse(e.get("finished_at")) or datetime.min).strftime("%Y-%m-%d %H:%M"),
+                r.get("rto_measured_s"),
+                r.get("verdict"),
+            )
+            for e, r in runs
+        ]
+        target = next((r["rto_target_s"] for _, r in reversed(runs) if r.get("rto_target_s")), None)
+        views.append(
+            {
+                "kind": kind,
+                "runs": len(runs),
+                "chart": charts.history_svg(kind, points, target),
+                "summary": _trend(points, target),
+            }
+        )
+    return views
+
+
+def _trend(points: list[charts.Point], target_s: float | None) -> str:
+    values = [p.measured_s for p in points if p.measured_s]
+    if not values:
+        return "no run measured an RTO yet"
+    text = f"latest {duration(values[-1])}"
+    if target_s:
+        text += f" ({_share(values[-1] / target_s * 100)} of the {duration(target_s)} target)"
+    if len(values) > 1:
+        change = (values[-1] - values[0]) / values[0] * 100
+        text += (
+            f"; over {len(values)} measured runs: fastest {duration(min(values))}, slowest "
+            f"{duration(max(values))}, {change:+.0f}% from the first to the latest"
+        )
+    return text
