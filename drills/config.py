@@ -97,6 +97,16 @@ _FORBIDDEN = {
     ("config", "passphrase"): "a passphrase does not belong in the configuration; put it in an "
     "environment variable and set passphrase_env to that variable's name",
 }
+# Drills restore only into containers the harness creates; a key that would point a drill's
+# restore at an existing server is refused, with the way to do a real recovery instead.
+_NOT_A_DRILL_TARGET = (
+    "drills restore only into throwaway containers the harness creates, never into an "
+    "existing server; to restore into a real server on purpose, use "
+    "`drill restore database --to <DSN>` (it asks for confirmation and keeps a safety dump)"
+)
+for _section in ("database", "runtime", "app"):
+    for _key in ("restore_dsn", "restore_to", "target_dsn", "target_host", "restore_host"):
+        _FORBIDDEN[(_section, _key)] = _NOT_A_DRILL_TARGET
 
 
 def parse_duration(value: str | int | float) -> float:

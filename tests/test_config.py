@@ -365,3 +365,17 @@ def test_environment_variable_names_are_unambiguous():
     names = [key.env for key in config_keys()]
     assert len(names) == len(set(names))
     assert "DRILL_CONFIG" not in names
+
+
+@pytest.mark.parametrize("key", ["restore_dsn", "target_dsn", "restore_to"])
+def test_a_drill_cannot_be_pointed_at_an_existing_server(tmp_path, key):
+    path = tmp_path / "drill.toml"
+    path.write_text(
+        f'[storage]\nurl = "file:///b"\n[database]\nname = "app"\n'
+        f'{key} = "postgresql://prod.example/app"\n'
+    )
+    with pytest.raises(ConfigError, match="never into an existing server") as err:
+        load_config(path)
+    assert "drill restore database --to" in str(err.value)
+    with pytest.raises(ConfigError, match="never into an existing server"):
+        load_config(None, env={}, overrides={f"database.{key}": "postgresql://x/y"})
