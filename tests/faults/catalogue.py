@@ -471,7 +471,7 @@ FAULTS: list[Fault] = [
         "runtime",
         "docker kill of the target during psql",
         "database",
-        "psql failed",
+        "container died during the restore",
         killed_target,
     ),
     Fault(
