@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,48 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from drills.estate import APP_DIR, run_sql_file
 from drills.manifest import Manifest, TableCount
 
 DB = "drishti_production"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pg_dump(pg, dbname: str, *extra: str) -> bytes:
-    env = {**os.environ, "PGPASSWORD": pg.password}
-    argv = ["pg_dump", "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user, *extra, dbname]
-    return subprocess.run(argv, env=env, capture_output=True, check=True, timeout=120).stdout
-
-
 @pytest.fixture(scope="module")
-def dumps(run_session, postgres_image):
-    """Real dumps of a real "production" database, made once for the module."""
-    from drills.runtime.postgres import start_postgres
-
-    pg = start_postgres(postgres_image, run_session, dbname=DB)
-    try:
-        run_sql_file(pg, APP_DIR / "schema.sql", DB)
-        run_sql_file(pg, APP_DIR / "seed.sql", DB, scale="1")
-        with pg.connect(autocommit=True) as conn:
-            conn.execute("CREATE DATABASE inventory")
-        with pg.connect("inventory") as conn:
-            conn.execute("CREATE TABLE things (id int)")
-            conn.execute("INSERT INTO things SELECT generate_series(1, 50)")
-        with pg.connect(DB) as conn:
-            counts = {
-                t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("users", "transactions", "audit_logs")
-            }
-        plain = _pg_dump(pg, DB)
-        yield {
-            "plain": plain,
-            "schema_only": _pg_dump(pg, DB, "--schema-only"),
-            "other_db": _pg_dump(pg, "inventory"),
-            "custom": _pg_dump(pg, DB, "-Fc"),
-            "counts": counts,
-        }
-    finally:
-        pg.stop()
+def dumps(dump_variants):
+    """The session's real dumps (fixtures/estate_backups.py)."""
+    return dump_variants
 
 
 def _stamp(age: timedelta) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from drills.runtime import labels
 from drills.storage import LocalStorage
-from fixtures.estate_backups import DB, write_drill_toml
+from fixtures.estate_backups import write_drill_toml
 from fixtures.storage import s3_storage_on
 
 from .catalogue import FAULTS, Case, Fault, catalogue_markdown, wait_until
@@ -32,41 +32,10 @@ S3_AREAS = {"storage"}
 S3_ROWS = {"a snapshot file unreadable"}
 
 
-def _pg_dump(pg, dbname: str, *extra: str) -> bytes:
-    env = {**os.environ, "PGPASSWORD": pg.password}
-    argv = ["pg_dump", "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user, *extra, dbname]
-    return subprocess.run(argv, env=env, capture_output=True, check=True, timeout=120).stdout
-
-
 @pytest.fixture(scope="module")
-def dumps(run_session, postgres_image):
-    """Real dumps of a real sample-app database, and of an unrelated one."""
-    from drills.estate import APP_DIR, run_sql_file
-    from drills.runtime.postgres import start_postgres
-
-    pg = start_postgres(postgres_image, run_session, dbname=DB)
-    try:
-        run_sql_file(pg, APP_DIR / "schema.sql", DB)
-        run_sql_file(pg, APP_DIR / "seed.sql", DB, scale="1")
-        with pg.connect(autocommit=True) as conn:
-            conn.execute("CREATE DATABASE inventory")
-        with pg.connect("inventory") as conn:
-            conn.execute("CREATE TABLE things (id int)")
-            conn.execute("INSERT INTO things SELECT generate_series(1, 50)")
-        with pg.connect(DB) as conn:
-            counts = {
-                t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("users", "transactions", "audit_logs")
-            }
-        yield {
-            "plain": _pg_dump(pg, DB),
-            "schema_only": _pg_dump(pg, DB, "--schema-only"),
-            "other_db": _pg_dump(pg, "inventory"),
-            "custom": _pg_dump(pg, DB, "-Fc"),
-            "counts": counts,
-        }
-    finally:
-        pg.stop()
+def dumps(dump_variants):
+    """The session's real dumps (fixtures/estate_backups.py)."""
+    return dump_variants
 
 
 class Ctx:
