@@ -109,6 +109,18 @@ def _major(major: int) -> str | None:
     return None if major >= 10 else f"must be a PostgreSQL major such as 15 or 17, got {major}"
 
 
+def _owner(owner: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", owner):
+        return None
+    return f'must be "user" or "user:group" (names or numeric ids), got {show(owner)}'
+
+
+def _mode(mode: str) -> str | None:
+    if re.fullmatch(r"0?[0-7]{3}", mode):
+        return None
+    return f'must be an octal file mode such as "640", got {show(mode)}'
+
+
 def _iso_time(text: str) -> str | None:
     try:
         when = datetime.fromisoformat(text)
@@ -219,6 +231,12 @@ class DatabaseSettings:
     restore_timeout: float | None = knob(
         None, "Bound on a hung restore; unset derives it from [targets.rto] database."
     )
+    pre_restore: tuple[str, ...] = knob(
+        (), "Shell commands `drill restore database` runs just before the swap (stop the app)."
+    )
+    post_restore: tuple[str, ...] = knob(
+        (), "Shell commands run after the swap, also when it failed (start the app)."
+    )
 
 
 @dataclass(frozen=True)
@@ -226,6 +244,18 @@ class FilesSettings:
     """[files]: the uploaded-files drill; the section, even empty, turns it on."""
 
     source_dir: str | None = knob(None, "Uploads directory the producer snapshots.")
+    owner: str | None = knob(
+        None,
+        'user:group `drill restore files` gives restored files, e.g. "app:app"; unset: the '
+        "replaced directory's owner.",
+        check=_owner,
+    )
+    mode: str | None = knob(
+        None,
+        'Octal mode of restored files, e.g. "640" (directories also get x where r is); unset: '
+        "the snapshot's modes.",
+        check=_mode,
+    )
 
 
 @dataclass(frozen=True)
@@ -265,9 +295,35 @@ class PitrSettings:
     """[pitr]: point-in-time recovery from a base backup and archived WAL."""
 
     target: str | None = knob(
-        None, "ISO-8601 time with offset to recover to; unset means the latest.", check=_iso_time
+        None,
+        "ISO-8601 time with offset to recover to; unset: a random point in the recoverable "
+        "window, recorded in the report so the drill can be replayed.",
+        check=_iso_time,
     )
-    heartbeat_interval: float = knob(MINUTE, "How often the producer writes a heartbeat row.")
+    heartbeat_interval: float = knob(MINUTE, "How often `drill heartbeat` writes a row.")
+    database: str | None = knob(
+        None, "Database the heartbeat writes to and the drill checks; unset: [database] name."
+    )
+    dsn: str | None = knob(
+        None, "libpq DSN for `drill backup base` and `drill heartbeat`; unset: [database] dsn."
+    )
+    archive_dir: str | None = knob(
+        None,
+        "Directory archive_command copies WAL into; `drill backup wal` ships it.",
+        check=_absolute,
+    )
+    remove_shipped: bool = knob(
+        False, "`drill backup wal` deletes files from archive_dir once they are stored."
+    )
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """[recovery]: the drill of the recovery commands themselves; the section turns it on."""
+
+    scale: int = knob(
+        1, "Size of the throwaway production the recovery drill restores into.", check=_positive
+    )
 
 
 @dataclass(frozen=True)
@@ -319,6 +375,7 @@ class Config:
     config: ConfigFilesSettings | None = knob(None, "The config drill; None: not drilled.")
     app: AppSettings | None = knob(None, "The application; None: no full-system drill.")
     pitr: PitrSettings | None = knob(None, "Point-in-time recovery; None: not drilled.")
+    recovery: RecoverySettings | None = knob(None, "The recovery commands' drill; None: not run.")
     backup: BackupSettings = knob(factory=BackupSettings, doc="The producers' local side.")
     runtime: RuntimeSettings = knob(factory=RuntimeSettings, doc="Containers and steps.")
     report: ReportSettings = knob(factory=ReportSettings, doc="Reports.")
@@ -329,8 +386,12 @@ class Config:
         drills = [kind for kind in ("database", "files", "config") if getattr(self, kind)]
         if self.app is not None and self.database is not None:
             drills.append("system")
+        if self.pitr is not None:
+            drills.append("pitr")
         if drills or self.pitr is not None:
             drills.append("freshness")
+        if self.recovery is not None:
+            drills.append("recovery")  # opt-in: it stands up its own throwaway production
         return drills
 
     def redacted(self) -> dict[str, Any]:

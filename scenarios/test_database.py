@@ -13,6 +13,7 @@ import pytest
 from drills import dumpinfo
 from drills.checks import check_database, connect_restored
 from drills.errors import DrillError
+from drills.recovery_point import measure_recovery_point
 from drills.restore import restore_database
 from drills.steps import conclude, locate
 from fixtures.drills import configured
@@ -51,5 +52,7 @@ def test_latest_database_backup_restores(drill, drill_config, drill_storage, res
 
     with record.watch.phase("validate"), connect_restored(target, settings.name) as conn:
         check_database(conn, record, backup.manifest, settings.checks)
+        # The recovered point: the newest heartbeat row in the data, else the backup's time.
+        recovered_at = measure_recovery_point(conn, record, backup.taken_at)
 
-    conclude(record, targets.rto.database, targets.rpo.database, backup.taken_at)
+    conclude(record, targets.rto.database, targets.rpo.database, recovered_at)

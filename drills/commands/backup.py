@@ -1,4 +1,4 @@
-"""`drill backup database|files|config`: take one backup, as cron runs it.
+"""`drill backup database|files|config|wal|base`: take one backup, as cron runs it.
 
 Settings come from drill.toml (`--config`), the environment and these options, in the
 usual order (options first). Prints one line per backup on stdout; a failure is one line on
@@ -44,6 +44,15 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     files.add_argument("--source", default=None, help="the uploads directory")
 
     kinds.add_parser("config", parents=[common], help="archive the config files")
+
+    wal = kinds.add_parser("wal", parents=[common], help="ship archived WAL, exactly once")
+    wal.add_argument("--archive-dir", default=None, help="where archive_command copies WAL")
+    wal.add_argument(
+        "--remove-shipped", action="store_true", default=None, help="delete files once stored"
+    )
+    base = kinds.add_parser("base", parents=[common], help="pg_basebackup for point-in-time")
+    base.add_argument("--dsn", default=None, help="libpq DSN (default: [pitr] dsn, then PG*)")
+    base.add_argument("--fast-checkpoint", action="store_true", help="checkpoint at once")
     parser.set_defaults(func=main)
     return parser
 
@@ -51,8 +60,16 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Take the backup the arguments ask for; return the exit code."""
     config = load_config(args.config, overrides=_overrides(args))
+    if args.kind == "wal":
+        print(_ship(config).summary())
+        return 0
     try:
-        result = _produce(args.kind, config, upload=not args.no_upload)
+        result = _produce(
+            args.kind,
+            config,
+            upload=not args.no_upload,
+            fast_checkpoint=getattr(args, "fast_checkpoint", False),
+        )
     except OSError as exc:  # the producers name their own failures; this is the last net
         raise os_error(exc.filename or args.kind, exc) from None
     print(_summary(result))
@@ -74,13 +91,32 @@ def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
         }
     elif args.kind == "files":
         overrides["files.source_dir"] = args.source
+    elif args.kind == "wal":
+        overrides["pitr.archive_dir"] = args.archive_dir
+        overrides["pitr.remove_shipped"] = "true" if args.remove_shipped else None
+    elif args.kind == "base":
+        overrides["pitr.dsn"] = args.dsn
     if args.no_upload and args.local_dir and not args.storage_url:
         # nothing is uploaded: the local directory stands in for a storage the config needs
         overrides["storage.url"] = Path(args.local_dir).absolute().as_uri()
     return overrides
 
 
-def _produce(kind: str, config: Config, *, upload: bool) -> BackupResult:
+def _ship(config: Config):
+    from drills.backup.wal import ship_wal
+
+    settings = config.pitr
+    if settings is None or not settings.archive_dir:
+        raise ConfigError("[pitr] archive_dir is not set (or --archive-dir)")
+    storage = destination(config, "wal").storage
+    return ship_wal(
+        storage, config.storage.prefixes.wal, settings.archive_dir, remove=settings.remove_shipped
+    )
+
+
+def _produce(
+    kind: str, config: Config, *, upload: bool, fast_checkpoint: bool = False
+) -> BackupResult:
     if kind == "database":
         if config.database is None:
             raise ConfigError("[database] is not configured: set its name (or --name)")
@@ -97,6 +133,16 @@ def _produce(kind: str, config: Config, *, upload: bool) -> BackupResult:
         if config.files is None or not config.files.source_dir:
             raise ConfigError("[files] source_dir is not set (or --source)")
         return backup_files(destination(config, "files", upload=upload), config.files.source_dir)
+    if kind == "base":
+        from drills.backup.base import backup_base
+        from drills.commands.heartbeat import resolve_dsn
+
+        return backup_base(
+            destination(config, "base", upload=upload),
+            dsn=resolve_dsn(config, None),
+            fast_checkpoint=fast_checkpoint,
+            timeout=config.runtime.step_timeout,
+        )
     if config.config is None or not config.config.paths:
         raise ConfigError("[config] paths is not set: no config files to archive")
     return backup_config(
