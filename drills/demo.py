@@ -17,21 +17,27 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+from drills.backup.base import backup_base
 from drills.backup.common import destination
 from drills.backup.config_archive import backup_config
 from drills.backup.database import backup_database
 from drills.backup.files import backup_files
+from drills.backup.wal import ship_wal
 from drills.commands import run as run_cmd
 from drills.config import load_config
-from drills.estate import DATABASE, ProductionEstate, write_config_files
+from drills.estate import DATABASE, ProductionEstate, switch_wal, write_config_files
+from drills.heartbeat import run_heartbeat
 from drills.runtime import engine
 from drills.runtime.labels import RunSession, sweep
 from drills.s3server import EmbeddedS3
+from drills.storage import open_storage
 
 BUCKET = "drishti-backups"
+PITR_WINDOW_S = 4.0
 PASSPHRASE_ENV = "DRILL_CONFIG_PASSPHRASE"
 
 
@@ -83,6 +89,12 @@ port = 3001
 health_path = "/health"
 uploads_dir = "/app/uploads"
 
+[pitr]
+database = "{DATABASE}"
+dsn = "{dsn}"
+archive_dir = "{workdir / "archive"}"
+heartbeat_interval = "1s"
+
 [backup]
 local_dir = "{workdir / "local-backups"}"
 
@@ -114,8 +126,8 @@ def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = N
             AWS_DEFAULT_REGION=s3.region,
         )
         os.environ[PASSPHRASE_ENV] = secrets.token_urlsafe(24)
-        uploads = workdir / "uploads"
-        estate = ProductionEstate.start(client, session, uploads, scale=scale)
+        uploads, archive = workdir / "uploads", workdir / "archive"
+        estate = ProductionEstate.start(client, session, uploads, scale=scale, archive_dir=archive)
         configs = write_config_files(workdir / "config", secrets.token_hex(12))
         pg = estate.database
         dsn = f"postgresql://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/{DATABASE}"
@@ -123,6 +135,15 @@ def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = N
         config = load_config(path)
         say(f"estate up in {time.monotonic() - started:.1f} s; backing it up to {s3.endpoint_url}")
 
+        # `drill heartbeat`: a row a second, so point-in-time drills can prove their boundary
+        # and every database drill can measure its recovery point from the data itself.
+        beats = threading.Event()
+        heart = threading.Thread(
+            target=run_heartbeat, args=(dsn,), kwargs={"interval": 1.0, "stop": beats}, daemon=True
+        )
+        heart.start()
+        base = backup_base(destination(config, "base"), dsn=dsn, fast_checkpoint=True)
+        say(f"base backup: {base.key}")
         db = backup_database(destination(config, "database"), DATABASE, dsn=dsn)
         say(f"database backup: {db.key}")
         files = backup_files(destination(config, "files"), uploads)
@@ -132,6 +153,12 @@ def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = N
             passphrase=os.environ[PASSPHRASE_ENV],
         )  # fmt: skip
         say(f"config backup: {conf.key}")
+        time.sleep(PITR_WINDOW_S)  # heartbeats after the base backup: a window to recover into
+        beats.set()
+        heart.join(timeout=10)
+        switch_wal(estate.database, archive)
+        shipped = ship_wal(open_storage_of(config), config.storage.prefixes.wal, archive)
+        say(f"WAL: {len(shipped.shipped)} files shipped")
 
         say("drilling every configured kind")
         status = run_cmd.run(config, str(path), {}, only=only, quiet=False)
@@ -146,6 +173,12 @@ def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = N
         shutil.rmtree(workdir, ignore_errors=True)
     say(f"{'PASS' if status == 0 else 'FAIL'} in {time.monotonic() - started:.1f} s")
     return status
+
+
+def open_storage_of(config) -> object:
+    """The configured backup storage."""
+    settings = config.storage
+    return open_storage(settings.url, settings.endpoint_url, settings.region)
 
 
 def say(message: str) -> None:

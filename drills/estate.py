@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from drills.runtime import images
 from drills.runtime.api import ApiContainer
 from drills.runtime.labels import RunSession
 from drills.runtime.network import private_network
-from drills.runtime.postgres import PostgresContainer, start_postgres
+from drills.runtime.postgres import PostgresContainer
 
 APP_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "app"
 DATABASE = "drishti_production"
@@ -70,9 +71,14 @@ class ProductionEstate:
         session: RunSession,
         uploads_dir: Path,
         scale: int = 1,
-        database_settings: dict[str, str] | None = None,
+        archive_dir: Path | None = None,
     ) -> ProductionEstate:
-        """Start the estate; on any failure remove what was started, then re-raise."""
+        """Start the estate; on any failure remove what was started, then re-raise.
+
+        With `archive_dir`, the database archives its WAL into that host directory (as a
+        user's `archive_command` would, for `drill backup wal`) and allows replication
+        connections (for `drill backup base`).
+        """
         files = generated_uploads(30 * scale)
         for path, data in files.items():
             target = uploads_dir / path
@@ -82,15 +88,21 @@ class ProductionEstate:
         try:
             network = private_network(session)
             started.append(network)
-            pg = start_postgres(
+            pg = PostgresContainer(
                 images.ensure_postgres_image(client, 15),
                 session,
-                network=network,
-                aliases=("db",),
                 dbname=DATABASE,
-                settings=database_settings,
+                settings=archiving_settings() if archive_dir else None,
             )
+            if archive_dir is not None:
+                archive_dir.mkdir(parents=True, exist_ok=True)
+                archive_dir.chmod(0o777)  # the server's own user writes through the bind mount
+                pg.with_volume_mapping(str(archive_dir), ARCHIVE, "rw")
+            pg.on_network(network, "db")
+            pg.start_ready()
             started.append(pg)
+            if archive_dir is not None:
+                _allow_replication(pg)
             run_sql_file(pg, APP_DIR / "schema.sql", DATABASE)
             run_sql_file(pg, APP_DIR / "seed.sql", DATABASE, scale=str(scale))
             api = ApiContainer(
@@ -120,6 +132,44 @@ class ProductionEstate:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+ARCHIVE = "/archive"
+
+
+def archiving_settings() -> dict[str, str]:
+    """Server settings of a production that archives its WAL for point-in-time recovery."""
+    # Copy under a temporary name, then rename: the shipper never sees half a segment.
+    command = (
+        f"test ! -f {ARCHIVE}/%f && cp %p {ARCHIVE}/%f.tmp && mv {ARCHIVE}/%f.tmp {ARCHIVE}/%f"
+    )
+    return {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": command,
+        "archive_timeout": "1s",
+    }
+
+
+def _allow_replication(pg: PostgresContainer) -> None:
+    line = 'echo "host replication all all scram-sha-256" >> "$PGDATA/pg_hba.conf"'
+    result = pg.run(["sh", "-c", line])
+    if result.returncode != 0:
+        raise DrillError(f"pg_hba.conf: {result.stderr.decode(errors='replace')}")
+    with pg.connect(autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def switch_wal(pg: PostgresContainer, archive_dir: Path, timeout: float = 30) -> str:
+    """Close the current WAL segment and wait until the archive holds it; return its name."""
+    with pg.connect(DATABASE, autocommit=True) as conn:
+        name = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    while not (archive_dir / name).exists():
+        if time.monotonic() > deadline:
+            raise DrillError(f"WAL segment {name} was not archived within {timeout:.0f} s")
+        time.sleep(0.2)
+    return name
 
 
 def write_config_files(directory: Path, secret: str) -> list[Path]:

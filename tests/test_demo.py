@@ -12,7 +12,7 @@ from pathlib import Path
 from drills.runtime import labels
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = {"database", "files", "config", "system", "freshness"}
+KINDS = {"database", "files", "config", "system", "pitr", "freshness"}
 
 
 def _ours(client) -> list[str]:
