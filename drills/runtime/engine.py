@@ -13,11 +13,17 @@ ADVICE = (
 )
 
 
+OPERATION_TIMEOUT_S = 300
+
+
 def connect(timeout: float = 10.0) -> docker.DockerClient:
     """Return a client of a Docker engine that answers, or raise EnvironmentProblem."""
     try:
         client = docker.from_env(timeout=int(max(timeout, 1)))
         client.ping()
+        # A short bound to learn whether an engine answers; a longer one for real work
+        # (creating containers, copying archives into them), still a bound.
+        client.api.timeout = OPERATION_TIMEOUT_S
     except (docker.errors.DockerException, OSError) as exc:
         where = _where()
         raise EnvironmentProblem(
