@@ -17,8 +17,8 @@ from drills.config import Config, load_config
 from drills.errors import ConfigError
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-KINDS = ("database", "files", "config", "system", "pitr", "freshness")
-CONTAINER_DRILLS = {"database", "files", "system", "pitr"}
+KINDS = ("database", "files", "config", "system", "pitr", "freshness", "recovery")
+CONTAINER_DRILLS = {"database", "files", "system", "pitr", "recovery"}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -65,8 +65,8 @@ def run(
     wanted = [k for k in config.configured_drills() if only is None or k in only]
     if not wanted:
         raise ConfigError(
-            "nothing to drill: the configuration has no [database], [files], [config] or [app] "
-            "section" + (f" among --only {','.join(only)}" if only else "")
+            "nothing to drill: the configuration has no [database], [files], [config], [app], "
+            "[pitr] or [recovery] section" + (f" among --only {','.join(only)}" if only else "")
         )
     if CONTAINER_DRILLS & set(wanted):
         from drills.runtime import engine
