@@ -15,29 +15,37 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"database", "files", "config", "system", "pitr", "freshness"}
 
 
-def _ours(client) -> list[str]:
-    selector = {"label": f"{labels.PROJECT}={labels.PROJECT_VALUE}"}
-    alive = {c.name for c in client.containers.list(all=True, filters=selector)}
-    return sorted(alive)
+def _left_by(client, pid: int) -> list[str]:
+    """What a process created and did not remove: containers, networks, volumes."""
+    selector = {"label": [f"{labels.PROJECT}={labels.PROJECT_VALUE}", f"{labels.PID}={pid}"]}
+    found = [c.name for c in client.containers.list(all=True, filters=selector)]
+    found += [n.name for n in client.networks.list(filters=selector)]
+    found += [v.name for v in client.volumes.list(filters=selector)]
+    return found
 
 
 def test_demo_passes_every_time_and_leaves_nothing(tmp_path, docker_client):
     runs = int(os.environ.get("DRILL_CLEAN_RUNS", "3"))
-    before = set(_ours(docker_client))
     for n in range(runs):
         reports = tmp_path / f"reports-{n}"
-        result = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "drills.cli", "demo", "--report-dir", str(reports)],
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=900,
         )
-        assert result.returncode == 0, f"run {n + 1}/{runs}:\n{result.stdout}\n{result.stderr}"
-        assert "demo: PASS" in result.stdout
+        try:
+            stdout, stderr = proc.communicate(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, f"run {n + 1}/{runs}:\n{stdout}\n{stderr}"
+        assert "demo: PASS" in stdout
         document = json.loads((reports / "latest" / "drill.json").read_text())
         assert document["verdict"] == "pass"
         verdicts = {d["kind"]: d["verdict"] for d in document["drills"]}
         assert verdicts == dict.fromkeys(KINDS, "pass"), verdicts
-        left = set(_ours(docker_client)) - before
-        assert not left, f"run {n + 1} left containers behind: {left}"
+        left = _left_by(docker_client, proc.pid)
+        assert not left, f"run {n + 1} left behind: {left}"
