@@ -37,6 +37,7 @@ from typing import BinaryIO
 from drills.catalog import Backup
 from drills.clock import StepTimeout
 from drills.errors import DrillError, EnvironmentProblem, IntegrityError, StorageError
+from drills.gpg import private_home
 from drills.manifest import HashingReader
 from drills.record import DrillRecord
 from drills.storage import Storage
@@ -550,48 +551,37 @@ def gpg_decrypt_argv(passphrase_fd: int, homedir: str | os.PathLike[str]) -> lis
 @contextlib.contextmanager
 def _gpg(passphrase: Secret, env_name: str) -> Iterator[_GpgProcess]:
     """gpg --decrypt in a private GNUPGHOME; the passphrase through a pipe, then forgotten."""
-    home = Path(tempfile.mkdtemp(prefix="drill-gnupg-"))
-    try:
-        with tempfile.TemporaryFile() as stderr:
-            read_fd, write_fd = os.pipe()
-            try:
-                os.write(write_fd, passphrase.encoded() + b"\n")  # fits: MAX_PASSPHRASE
-                os.close(write_fd)
-                proc = subprocess.Popen(
-                    gpg_decrypt_argv(read_fd, home),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    pass_fds=(read_fd,),
-                    env=_gpg_environment(env_name, home),
-                )
-            except FileNotFoundError:
-                raise EnvironmentProblem(
-                    "gpg: not found on PATH; install it to drill encrypted config archives"
-                ) from None
-            finally:
-                os.close(read_fd)
-                with contextlib.suppress(OSError):
-                    os.close(write_fd)
-            del passphrase  # this frame is on every traceback raised inside the `with`
-            try:
-                yield _GpgProcess(proc, stderr)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-                for pipe in (proc.stdin, proc.stdout):
-                    with contextlib.suppress(OSError, ValueError):
-                        pipe.close()  # type: ignore[union-attr]
-    finally:
-        if shutil.which("gpgconf"):
-            subprocess.run(
-                ["gpgconf", "--homedir", str(home), "--kill", "all"],
-                capture_output=True,
-                check=False,
-                timeout=30,
+    with private_home() as home, tempfile.TemporaryFile() as stderr:
+        read_fd, write_fd = os.pipe()
+        try:
+            os.write(write_fd, passphrase.encoded() + b"\n")  # fits: MAX_PASSPHRASE
+            os.close(write_fd)
+            proc = subprocess.Popen(
+                gpg_decrypt_argv(read_fd, home),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                pass_fds=(read_fd,),
+                env=_gpg_environment(env_name, home),
             )
-        shutil.rmtree(home, ignore_errors=True)
+        except FileNotFoundError:
+            raise EnvironmentProblem(
+                "gpg: not found on PATH; install it to drill encrypted config archives"
+            ) from None
+        finally:
+            os.close(read_fd)
+            with contextlib.suppress(OSError):
+                os.close(write_fd)
+        del passphrase  # this frame is on every traceback raised inside the `with`
+        try:
+            yield _GpgProcess(proc, stderr)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()  # type: ignore[union-attr]
 
 
 def _gpg_environment(env_name: str, home: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -44,6 +44,7 @@ from drills.backup.common import (
     write_manifest,
 )
 from drills.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.gpg import private_home
 from drills.manifest import SUFFIX, HashingReader, Manifest, MemberEntry
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _encrypted(
     sources: list[tuple[Path, str]], out: HashingWriter, passphrase: str, filename: str
 ) -> tuple[MemberEntry, ...]:
     """tar.gz | gpg --symmetric > out, with both ends checked."""
-    with _gnupg_home() as home, tempfile.TemporaryFile() as err:
+    with private_home() as home, tempfile.TemporaryFile() as err:
         read_fd, write_fd = os.pipe()
         try:
             # a passphrase is far smaller than a pipe's buffer: this write cannot block
@@ -253,23 +254,6 @@ class _Pump(threading.Thread):
                 # after an error keep reading, so gpg is never stuck on a full pipe
         finally:
             self.source.close()
-
-
-@contextlib.contextmanager
-def _gnupg_home() -> Iterator[Path]:
-    """A private GNUPGHOME for one run: no keyrings, no agent, no cache shared with anyone."""
-    home = Path(tempfile.mkdtemp(prefix="drill-gnupg-"))
-    try:
-        yield home
-    finally:
-        if shutil.which("gpgconf"):
-            subprocess.run(
-                ["gpgconf", "--homedir", str(home), "--kill", "all"],
-                capture_output=True,
-                check=False,
-                timeout=30,
-            )
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _need(tool: str) -> None:
