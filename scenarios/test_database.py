@@ -13,6 +13,7 @@ import pytest
 from drills import dumpinfo
 from drills.checks import check_database, connect_restored
 from drills.errors import DrillError
+from drills.projection import database_bytes, project_rto
 from drills.recovery_point import measure_recovery_point
 from drills.restore import restore_database
 from drills.steps import conclude, locate
@@ -54,5 +55,15 @@ def test_latest_database_backup_restores(drill, drill_config, drill_storage, res
         check_database(conn, record, backup.manifest, settings.checks)
         # The recovered point: the newest heartbeat row in the data, else the backup's time.
         recovered_at = measure_recovery_point(conn, record, backup.taken_at)
+        restored_bytes = database_bytes(conn)
 
+    # What this restore would take at production size, against the same target.
+    project_rto(
+        record,
+        backup,
+        restored_bytes,
+        production_bytes=settings.production_bytes,
+        target_s=targets.rto.database,
+        enforce=targets.enforce_projection,
+    )
     conclude(record, targets.rto.database, targets.rpo.database, recovered_at)

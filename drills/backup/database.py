@@ -133,7 +133,7 @@ def backup_database(
             pg_dump_version=tool_version,
             tables=tables,
             files=files,
-            extra={"snapshot": bool(snap.snapshot)},
+            extra={"snapshot": bool(snap.snapshot), "database_bytes": snap.database_bytes},
         )
         write_manifest(work / f"{filename}{SUFFIX}", manifest)
         key = dest.key(filename + ("/" if format == "directory" else ""))
@@ -202,6 +202,8 @@ class _Snapshot:
             self.snapshot = None
         self.database = str(self._one("SELECT current_database()"))
         self.server_version = str(self._one("SHOW server_version")).split()[0]
+        # what a drill projects its restore time to (drills.projection)
+        self.database_bytes = int(self._one("SELECT pg_database_size(current_database())"))
 
     def _one(self, query: str | sql.Composed) -> object:
         row = self.conn.execute(query).fetchone()

@@ -1,0 +1,1 @@
+"""Benchmarks of the restore path, measured side by side with the raw tools (not tests)."""

@@ -1,0 +1,292 @@
+"""The restore methods the benchmark measures, each into a fresh container of its own.
+
+Raw tools run on the host, as a runbook runs them (client tools over the published port);
+the drill's restore phase and the whole drill run the project's own code. Every method
+returns the seconds it took and what else it measured; containers are started through the
+runtime factory, labelled with the benchmark's run, and removed after each measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.estate import DATABASE, EstateDumps
+from drills import catalog
+from drills.restore import analyze_database, jobs, restore_database
+from drills.runtime.labels import RunSession
+from drills.runtime.postgres import PostgresContainer, start_postgres
+from drills.storage import LocalStorage
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 4 * 3600
+
+
+@dataclass
+class Measurement:
+    """One run of one method: seconds, and whatever else it measured."""
+
+    seconds: float
+    start_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named way to restore: how to run it once, and whether it is a raw tool."""
+
+    name: str
+    label: str
+    raw: bool
+    run: Callable[[RunSession, str, EstateDumps], Measurement]
+
+
+def _target(image: str, session: RunSession, tuning: str) -> PostgresContainer:
+    pg = start_postgres(image, session, tuning=tuning, user="postgres", timeout=120)
+    with pg.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    return pg
+
+
+def _host_pipeline(pg: PostgresContainer, script: str) -> float:
+    """Run a shell pipeline on the host against the container (pipefail); its seconds."""
+    env = {
+        **os.environ,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(pg.port),
+        "PGUSER": pg.user,
+        "PGPASSWORD": pg.password,
+        "PGDATABASE": DATABASE,
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{script!r} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return seconds
+
+
+def runbook(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
+    """The original runbook: ``gunzip -c dump.sql.gz | psql`` into a default-config server."""
+    pg = _target(image, session, "default")
+    try:
+        dump = dumps.local_path("plain-gzip")
+        seconds = _host_pipeline(pg, f"gunzip -c '{dump}' | psql -X -q -v ON_ERROR_STOP=1")
+        return Measurement(seconds, pg.ready_seconds)
+    finally:
+        pg.stop()
+
+
+def pg_restore_raw(tuning: str) -> Callable[[RunSession, str, EstateDumps], Measurement]:
+    """``pg_restore -j<cores>`` of the directory dump, from the host, into a server."""
+
+    def run(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
+        pg = _target(image, session, tuning)
+        try:
+            dump = dumps.local_path("directory-gzip")
+            script = f"pg_restore --exit-on-error --jobs {jobs()} -d {DATABASE} '{dump}'"
+            return Measurement(_host_pipeline(pg, script), pg.ready_seconds)
+        finally:
+            pg.stop()
+
+    return run
+
+
+def drill_restore(
+    variant: str, s3: bool = False
+) -> Callable[[RunSession, str, EstateDumps], Measurement]:
+    """The drill's restore phase (`drills.restore.restore_database`) into a restore target,
+    from the dumps' directory or (`s3`) from a bucket of the embedded S3 server; ANALYZE,
+    a step of its own in the drill, is timed apart."""
+
+    def run(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
+        storage = _s3_copy(dumps, variant) if s3 else LocalStorage(dumps.storage_root(variant))
+        backup = catalog.latest(catalog.list_backups(storage, "database"))
+        pg = start_postgres(image, session, tuning="restore", user="postgres", timeout=120)
+        try:
+            started = time.monotonic()
+            result = restore_database(storage, backup, pg, DATABASE, timeout=TIMEOUT, analyze=False)
+            seconds = time.monotonic() - started
+            analyze_s = analyze_database(pg, DATABASE, timeout=TIMEOUT)
+            extra = {"stages": {**result.stages, "analyze": analyze_s}, "method": result.method}
+            return Measurement(seconds, pg.ready_seconds, extra)
+        finally:
+            pg.stop()
+
+    return run
+
+
+_S3: dict = {}
+
+
+def _s3_copy(dumps: EstateDumps, variant: str):
+    """The variant's dump in a bucket of the embedded S3 server (started, filled once)."""
+    from drills.s3server import EmbeddedS3
+    from drills.storage import open_storage
+
+    server = _S3.get("server")
+    if server is None:
+        server = _S3["server"] = EmbeddedS3().start()
+    key = (dumps.scale, variant)
+    if key not in _S3:
+        bucket = f"bench-{variant}-{len(_S3)}"
+        server.client().create_bucket(Bucket=bucket)
+        storage = open_storage(
+            f"s3://{bucket}",
+            server.endpoint_url,
+            server.region,
+            access_key_id=server.access_key_id,
+            secret_access_key=server.secret_access_key,
+        )
+        root = dumps.storage_root(variant)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            storage.put_file(path.relative_to(root).as_posix(), path)
+        _S3[key] = storage
+    return _S3[key]
+
+
+def stop_s3() -> None:
+    """Stop the embedded S3 server if a method started it."""
+    server = _S3.pop("server", None)
+    if server is not None:
+        server.stop()
+    _S3.clear()
+
+
+def whole_drill(variant: str) -> Callable[[RunSession, str, EstateDumps], Measurement]:
+    """`drill run` of the database drill (locate to last check) in a child process whose
+    peak RSS is read from the kernel when it exits."""
+
+    def run(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
+        work = Path(tempfile.mkdtemp(prefix="bench-drill-"))
+        try:
+            config = work / "drill.toml"
+            config.write_text(
+                f'[storage]\nurl = "{dumps.storage_root(variant).as_uri()}"\n'
+                f'[database]\nname = "{DATABASE}"\n'
+                # the cached dumps are older than any RPO: the benchmark measures time
+                '[targets.rpo]\ndatabase = "3650d"\n'
+                f'[report]\ndir = "{work / "reports"}"\n'
+                "html = false\njunit = false\npytest_html = false\nallure = false\n"
+            )
+            argv = [sys.executable, "-m", "drills.cli", "run", "--config", str(config)]
+            argv += ["--only", "database", "-q"]
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            output = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.monotonic() - started
+            document = json.loads((work / "reports" / "latest" / "drill.json").read_text())
+            drill = next(d for d in document["drills"] if d["kind"] == "database")
+            if drill["verdict"] != "pass":
+                tail = output.decode(errors="replace")[-2000:]
+                raise RuntimeError(f"the drill failed: {drill['error']}\n{tail}")
+            extra = {
+                "phases": drill["phases"],
+                "wall_seconds": round(wall, 3),
+                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                "restore": drill.get("restore"),
+                "projection": drill.get("projection"),
+            }
+            provision = drill["phases"].get("provision")
+            return Measurement(drill["rto"]["measured_s"], provision, extra)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    return run
+
+
+def in_process_rss_mb() -> float:
+    """Peak RSS of this process so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+METHODS = {
+    "runbook": Method("runbook", "runbook: gunzip | psql, default server", True, runbook),
+    "pg_restore-default": Method(
+        "pg_restore-default",
+        "pg_restore -j (directory), default server",
+        True,
+        pg_restore_raw("default"),
+    ),
+    "pg_restore-tuned": Method(
+        "pg_restore-tuned",
+        "pg_restore -j (directory), tuned server",
+        True,
+        pg_restore_raw("restore"),
+    ),
+    "drill-restore": Method(
+        "drill-restore",
+        "drill restore phase (directory gzip)",
+        False,
+        drill_restore("directory-gzip"),
+    ),
+    "drill-restore-plain": Method(
+        "drill-restore-plain",
+        "drill restore phase (plain gzip)",
+        False,
+        drill_restore("plain-gzip"),
+    ),
+    "drill-restore-zstd": Method(
+        "drill-restore-zstd",
+        "drill restore phase (plain zstd)",
+        False,
+        drill_restore("plain-zstd"),
+    ),
+    "drill-restore-custom": Method(
+        "drill-restore-custom",
+        "drill restore phase (custom gzip)",
+        False,
+        drill_restore("custom-gzip"),
+    ),
+    "drill-restore-s3": Method(
+        "drill-restore-s3",
+        "drill restore phase (directory gzip, from S3)",
+        False,
+        drill_restore("directory-gzip", s3=True),
+    ),
+    "drill-restore-custom-s3": Method(
+        "drill-restore-custom-s3",
+        "drill restore phase (custom gzip, from S3)",
+        False,
+        drill_restore("custom-gzip", s3=True),
+    ),
+    "drill": Method(
+        "drill",
+        "whole drill (directory gzip), locate to last check",
+        False,
+        whole_drill("directory-gzip"),
+    ),
+    "drill-plain": Method(
+        "drill-plain",
+        "whole drill (plain gzip), locate to last check",
+        False,
+        whole_drill("plain-gzip"),
+    ),
+}
+DEFAULT_METHODS = (
+    "runbook",
+    "pg_restore-default",
+    "pg_restore-tuned",
+    "drill-restore",
+    "drill-restore-plain",
+    "drill",
+)

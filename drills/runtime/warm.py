@@ -1,0 +1,135 @@
+"""Pre-initialised Postgres images, so a throwaway restore target is ready in about a second.
+
+Most of a new Postgres container's start is initdb (bootstrapping the catalogs takes well
+over a second of CPU) and the entrypoint's temporary server. A *warm* image is the same image
+plus a data directory initialised once, by the same entrypoint, for one superuser name and
+committed as a layer: a container of it starts the final server at once. Each container then
+gets its own password (the template's random one was never kept), set over the container's
+Unix socket before the readiness probe's TCP login, so nothing else changes for its users.
+
+Only drill restore targets use warm images. Images that keep their data directory in a
+declared volume (the official ``postgres:<major>``) gain nothing from a commit; they are
+started cold. Any failure to make a warm image falls back to the cold start.
+
+    >>> warm_image(client, image, "postgres", session, "--no-sync", PGDATA)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+
+from drills.runtime.images import cache_dir
+from drills.runtime.labels import RunSession
+
+log = logging.getLogger(__name__)
+
+REPO = "recovery-drills/postgres-warm"
+LABEL_SOURCE = "io.recovery-drills.warm-source"
+LABEL_USER = "io.recovery-drills.warm-user"
+# Bump when what goes into a warm data directory changes.
+RECIPE = "1"
+
+
+def warm_image(
+    client: docker.DockerClient,
+    image: str,
+    user: str,
+    session: RunSession,
+    initdb_args: str,
+    data_dir: str,
+) -> str | None:
+    """The warm image of `image` for superuser `user`, made now if missing; None if the
+    image cannot have one (its data directory is a volume) or making it failed."""
+    try:
+        source = client.images.get(image)
+    except docker.errors.DockerException:
+        return None
+    if data_dir in (source.attrs.get("Config", {}).get("Volumes") or {}):
+        return None
+    key = hashlib.sha256(f"{RECIPE} {source.id} {user} {initdb_args}".encode()).hexdigest()[:12]
+    tag = f"{REPO}:{key}"
+    if _exists(client, tag):
+        return tag
+    try:
+        with _lock(key):
+            if not _exists(client, tag):
+                _make(client, image, source, user, session, initdb_args, tag)
+    except (docker.errors.DockerException, OSError, RuntimeError) as exc:
+        log.warning("no warm image of %s (starting cold): %s", image, exc)
+        return None
+    _remove_older(client, image, user, tag)
+    return tag
+
+
+def _make(
+    client: docker.DockerClient,
+    image: str,
+    source,
+    user: str,
+    session: RunSession,
+    initdb_args: str,
+    tag: str,
+) -> None:
+    from drills.runtime.postgres import PostgresContainer
+
+    template = PostgresContainer(image, session, user=user, inbox=False)
+    template.with_env("POSTGRES_INITDB_ARGS", initdb_args)
+    template.on_network(None)
+    template.start_ready(120)
+    try:
+        container = template.get_wrapped_container()
+        container.stop(timeout=60)  # STOPSIGNAL SIGINT: a fast, clean shutdown
+        config = source.attrs.get("Config", {})
+        labels = {**(config.get("Labels") or {}), LABEL_SOURCE: image, LABEL_USER: user}
+        repo, _, name = tag.partition(":")
+        # The image's own configuration, not the template container's (its password, its
+        # command line and its run's labels stay out of the image).
+        conf = {
+            "Env": config.get("Env"),
+            "Cmd": config.get("Cmd"),
+            "Entrypoint": config.get("Entrypoint"),
+            "ExposedPorts": config.get("ExposedPorts"),
+            "WorkingDir": config.get("WorkingDir"),
+            "User": config.get("User"),
+            "StopSignal": config.get("StopSignal"),
+            "Labels": labels,
+        }
+        container.commit(repository=repo, tag=name, conf=conf)
+    finally:
+        template.stop()
+
+
+def _exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _remove_older(client: docker.DockerClient, image: str, user: str, keep: str) -> None:
+    """Drop warm images of an earlier build of the same image (best effort)."""
+    selector = {"label": [f"{LABEL_SOURCE}={image}", f"{LABEL_USER}={user}"]}
+    with contextlib.suppress(docker.errors.DockerException):
+        for old in client.images.list(name=REPO, filters=selector):
+            if keep not in old.tags:
+                with contextlib.suppress(docker.errors.DockerException):
+                    client.images.remove(old.id)
+
+
+@contextlib.contextmanager
+def _lock(key: str) -> Iterator[None]:
+    """Two runs on one machine do not make the same warm image at once."""
+    with open(cache_dir() / f"warm-{key}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
