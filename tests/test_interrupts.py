@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from drills.runtime import labels
@@ -53,7 +54,10 @@ def _wait_for_restore(client, proc: subprocess.Popen, bound: float = 120) -> str
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the drill ended before its restore started"
         for container in _of_pid(client, proc.pid):
-            top = container.top() if container.status == "running" else {"Processes": []}
+            try:
+                top = container.top() if container.status == "running" else {"Processes": []}
+            except docker.errors.NotFound:
+                continue  # a short-lived container of the run (a warm-image template)
             if any("ON_ERROR_STOP" in " ".join(p) for p in top.get("Processes") or []):
                 return container.labels[labels.RUN]
         time.sleep(0.5)

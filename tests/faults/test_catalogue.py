@@ -87,7 +87,10 @@ class Ctx:
             for container in self._targets(pid):
                 if container.status != "running":
                     continue
-                top = container.top().get("Processes") or []
+                try:
+                    top = container.top().get("Processes") or []
+                except docker.errors.NotFound:
+                    continue  # a short-lived container of the run (a warm-image template)
                 if any("ON_ERROR_STOP" in " ".join(p) for p in top):
                     return container
             return None
