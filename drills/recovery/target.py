@@ -243,6 +243,10 @@ class ToolsTarget:
         of it is left on this host's disk beside the user's own safety dump."""
         return None
 
+    def take_spare_database(self) -> None:
+        """No spare database: a real server gets its database by CREATE DATABASE."""
+        return None
+
     def server_version(self) -> str:
         """The server's version, e.g. '15.14'."""
         return self.server.version

@@ -28,7 +28,7 @@ from testcontainers.core.network import Network
 from drills.runtime import labels
 from drills.runtime.containers import LOOPBACK, ContainerNotReady, LabelledContainer
 from drills.runtime.labels import RunSession
-from drills.runtime.warm import warm_image
+from drills.runtime.warm import SPARE_DATABASE, warm_image
 
 PORT = 5432
 INBOX = "/drill-inbox"
@@ -133,6 +133,7 @@ class PostgresContainer(LabelledContainer):
             self.with_tmpfs_mount(DATA_DIR)
         self.warm = (warm if warm is not None else tuning == "restore") and data == "layer"
         self._warmed = False
+        self._spare: str | None = None
         self.inbox: Path | None = None
         self._inbox_works: bool | None = None
         self._inbox_probe: threading.Thread | None = None
@@ -185,6 +186,11 @@ class PostgresContainer(LabelledContainer):
         with self.connect() as conn:
             return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
 
+    def take_spare_database(self) -> str | None:
+        """The name of an empty database to rename rather than create, once; else None."""
+        spare, self._spare = self._spare, None
+        return spare
+
     def inbox_paths(self, name: str) -> tuple[Path, str] | None:
         """(host path, container path) of `name` in the inbox, None without a working one.
 
@@ -227,7 +233,7 @@ class PostgresContainer(LabelledContainer):
             client = self.get_docker_client().client
             tag = warm_image(client, self.image, self.user, self.session, *_WARM_ARGS)
             if tag is not None:
-                self.image, self._warmed = tag, True
+                self.image, self._warmed, self._spare = tag, True, SPARE_DATABASE
                 # As root, the entrypoint's `chown -R` of the data directory would copy every
                 # file of the image's layer up into the container's layer: seconds. Client
                 # tools still run as root through `docker exec -u 0`, as in a cold container.
