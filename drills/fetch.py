@@ -48,7 +48,7 @@ class Part:
 
 def download(storage: Storage, part: Part, path: Path) -> str:
     """Copy one object into `path` (created 0600); return its sha256, checked if known."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         if _ranged(storage) and part.size > 2 * PART:
             digest, count = _download_ranges(storage, part, fd)
@@ -158,6 +158,7 @@ class PipeFeeder:
         self.directory.mkdir(mode=0o700)
         for part in self.parts:
             path = self.directory / part.name
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if _STREAMED.match(part.name):
                 os.mkfifo(path, 0o600)
                 self._pending[part.name] = part
@@ -174,26 +175,24 @@ class PipeFeeder:
         self._stop.set()
 
     def finish(self, reader_ok: bool) -> None:
-        """Stop feeding; when the reader succeeded, check what it did not read to the end."""
+        """Stop feeding, then check what the reader did not read to its end: the files it
+        left midway (a corrupt one is the likely cause of a failed reader) and, when it
+        succeeded, the files it never opened. Raises the first problem found."""
         self._stop.set()
         self._poller.join()
         for feed in self._feeds:
             feed.join()  # the reader has exited: a pipe it left gives EPIPE at once
+        unread = list(self._unfinished)
         if reader_ok:
-            for part in [*self._pending.values(), *self._unfinished]:
-                with _reported(self._errors):
-                    with HashingReader(self.storage.open(part.key)) as reader:
-                        while reader.read(CHUNK):
-                            pass
-                    _verify(part, reader.sha256, reader.bytes_read)
+            unread += list(self._pending.values())
+        for part in unread:
+            with _reported(self._errors):
+                with HashingReader(self.storage.open(part.key)) as reader:
+                    while reader.read(CHUNK):
+                        pass
+                _verify(part, reader.sha256, reader.bytes_read)
         if self._errors:
             raise self._errors[0]
-
-    @property
-    def errors(self) -> list[DrillError]:
-        """Problems found so far (checksum, size, storage), in the order they were found."""
-        with self._lock:
-            return list(self._errors)
 
     def _poll(self) -> None:
         with _reported(self._errors):
@@ -222,7 +221,7 @@ class PipeFeeder:
                         _write_all(pipe.fileno(), block)
                 except BrokenPipeError:
                     with self._lock:
-                        self._unfinished.append(part)  # hashed again if the reader succeeds
+                        self._unfinished.append(part)  # hashed again by finish()
                     return
                 finally:
                     self._count(reader.bytes_read)

@@ -36,6 +36,7 @@ from drills.pitr_container import (
     restore_command_script,
 )
 from drills.record import DrillRecord
+from drills.restore_common import Drain
 from drills.runtime.containers import ContainerNotReady
 from drills.storage import Storage
 from drills.walfile import format_lsn, parse_lsn
@@ -134,7 +135,7 @@ class Recovery:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        errors = _Drain(proc.stderr)
+        errors = Drain(proc.stderr)
         state: dict[str, Any] = {"broken": False, "error": None}
 
         def send() -> None:
@@ -308,21 +309,3 @@ def _pg_time(text: str) -> datetime:
     if re.search(r"[+-]\d\d$", text):
         text += ":00"
     return datetime.fromisoformat(text).astimezone(UTC)
-
-
-class _Drain(threading.Thread):
-    """Reads a pipe to its end in the background, keeping the last 64 KiB."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.buffer = stream, bytearray()
-        self.start()
-
-    def run(self) -> None:
-        while chunk := self.stream.read(65536):
-            self.buffer += chunk
-            del self.buffer[:-65536]
-
-    def text(self) -> str:
-        self.join(timeout=5)
-        return self.buffer.decode(errors="replace")

@@ -29,6 +29,7 @@ from drills.clock import StepTimeout
 from drills.errors import DrillError, IntegrityError, StorageError
 from drills.manifest import HashingReader, Manifest
 from drills.record import DrillRecord
+from drills.restore_common import Drain
 from drills.runtime.labels import RunSession
 from drills.runtime.network import create_volume
 from drills.storage import ObjectInfo, Storage
@@ -108,7 +109,7 @@ def restore_files(
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-            drain = _Drain(untar.stderr)
+            drain = Drain(untar.stderr)
             sender = _SnapshotSender(storage, backup.key, objects, modes, untar.stdin)
             sender.start()
             _wait(untar, sender, timeout, f"restore of {backup.key} into volume {volume}")
@@ -361,25 +362,6 @@ class _Helper:
     def __exit__(self, *exc_info: object) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             self.container.remove(force=True)
-
-
-class _Drain(threading.Thread):
-    """Reads a pipe to its end in the background, keeping the last 16 KiB."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.buffer = bytearray()
-        self.start()
-
-    def run(self) -> None:
-        while chunk := self.stream.read(4096):
-            self.buffer += chunk
-            del self.buffer[:-16384]
-
-    def text(self) -> str:
-        self.join(timeout=5)
-        return self.buffer.decode(errors="replace")
 
 
 def _wait(proc: subprocess.Popen, thread: threading.Thread, timeout: float, what: str) -> None:

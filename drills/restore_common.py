@@ -1,0 +1,152 @@
+"""What the restore engines share: their result and error, and the plumbing of the client
+processes they run inside the restore target (bounded waits, drained stderr, a target that
+died under them, the target's inbox)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from drills.catalog import Backup
+from drills.clock import StepTimeout
+from drills.errors import DrillError, StorageError
+from drills.runtime.postgres import PostgresContainer
+from drills.storage import Storage
+
+DEATH_SETTLE_SECONDS = 3.0
+_CONNECTION_LOST = ("server closed the connection", "connection to server", "terminated")
+
+
+class RestoreError(DrillError):
+    """The restore itself failed (psql or pg_restore reported an error)."""
+
+
+@dataclass
+class RestoreResult:
+    """What a restore read and how long it took (`stages`: fetch, load, analyze seconds)."""
+
+    bytes_read: int = 0
+    sha256: str | None = None
+    seconds: float = 0.0
+    method: str = ""
+    notes: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def jobs() -> int:
+    """Parallel restore jobs: the cores available to this process."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Drain(threading.Thread):
+    """Reads a pipe to the end in the background, keeping the last 64 KiB."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.buffer = bytearray()
+        self.start()
+
+    def run(self) -> None:
+        while chunk := self.stream.read(65536):
+            self.buffer += chunk
+            del self.buffer[:-65536]
+
+    def text(self) -> str:
+        """What was read, decoded."""
+        self.join(timeout=5)
+        return self.buffer.decode(errors="replace")
+
+
+def wait_all(procs: list, threads: list, timeout: float, what: str) -> None:
+    """Wait for every process and thread; past the bound kill them and name the step."""
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for thread in threads:
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+            if thread.is_alive():
+                raise subprocess.TimeoutExpired(what, timeout)
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        raise StepTimeout(f"{what} did not finish within its bound of {timeout:.0f} s") from None
+
+
+def in_container(
+    pg: PostgresContainer,
+    argv: list[str],
+    timeout: float,
+    check: bool = True,
+    what: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Run a client tool in the target within `timeout`; with `check`, a failure raises."""
+    try:
+        result = pg.run(argv, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise StepTimeout(
+            f"{what or argv[0]} did not finish within its bound of {timeout:.0f} s"
+        ) from None
+    if check and result.returncode != 0:
+        raise RestoreError(f"{' '.join(argv)}: {result.stderr.decode(errors='replace').strip()}")
+    return result
+
+
+def died(pg: PostgresContainer, backup: Backup, causes: list[DrillError], output: str) -> None:
+    """Name a restore target that stopped running under the restore (killed, OOM, crashed).
+
+    The client tool's stream ends before the engine reports the container gone, so when the
+    tool's output says nothing or says the server went away, the state gets a moment to
+    catch up.
+    """
+    state = getattr(pg, "state", None)
+    if state is None:
+        return
+    lost = not output.strip() or any(sign in output for sign in _CONNECTION_LOST)
+    deadline = time.monotonic() + (DEATH_SETTLE_SECONDS if lost else 0)
+    while (current := state()) == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if current != "running":
+        causes.insert(
+            0,
+            RestoreError(
+                f"{backup.key}: the restore target container died during the restore "
+                f"(now {current})"
+            ),
+        )
+
+
+def inbox(pg: PostgresContainer, name: str) -> tuple[os.PathLike[str], str] | None:
+    """(host path, container path) of `name` in the target's inbox; None without one (a
+    recovery's tools container, an engine on another machine)."""
+    paths = getattr(pg, "inbox_paths", None)
+    return paths(name) if paths is not None else None
+
+
+def object_size(storage: Storage, key: str) -> int:
+    """The listed size of one object (named StorageError when it vanished)."""
+    for obj in storage.list(key):
+        if obj.key == key:
+            return obj.size
+    raise StorageError(f"{key}: no such object (deleted after listing?)")
+
+
+def last_lines(text: str, n: int = 6) -> str:
+    """The last `n` non-blank lines of a tool's output, on one line."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-n:]) if lines else "(no output)"
+
+
+def raise_causes(causes: list[DrillError]) -> None:
+    """Raise the causes, if any, as one error of the first one's type: the root cause first,
+    its consequences after "; then "."""
+    if causes:
+        raise type(causes[0])("; then ".join(str(c) for c in causes))
