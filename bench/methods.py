@@ -50,6 +50,63 @@ class Method:
     run: Callable[[RunSession, str, EstateDumps], Measurement]
 
 
+class CpuMeter:
+    """CPU seconds a measurement used (its container's cgroup, this process and its waited
+    children) and what the rest of the machine used meanwhile (other people's work)."""
+
+    def __init__(self, pg: PostgresContainer | None = None) -> None:
+        self.pg = pg
+        self.started = (_machine_busy(), _own_cpu(), _container_cpu(pg))
+
+    def stop(self) -> dict:
+        """{"cpu_s": ours, "others_cores": the average cores busy with other work}."""
+        machine, own, container = _machine_busy(), _own_cpu(), _container_cpu(self.pg)
+        busy = machine[0] - self.started[0][0]
+        wall = machine[1] - self.started[0][1]
+        ours = own - self.started[1]
+        if container is not None and self.started[2] is not None:
+            ours += container - self.started[2]
+        others = max(0.0, busy - ours) / wall if wall > 0 else None
+        return {
+            "cpu_s": round(ours, 2),
+            "others_cores": None if others is None else round(others, 2),
+        }
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, wall seconds) from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / tick, time.monotonic()
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _container_cpu(pg: PostgresContainer | None) -> float | None:
+    """CPU seconds of a container so far (cgroup v1 or v2), None where unreadable."""
+    if pg is None:
+        return None
+    cid = pg.get_wrapped_container().id
+    for path, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e9),
+        (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e6),
+    ):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            usage = dict(line.split() for line in text.splitlines())["usage_usec"]
+            return int(usage) / scale
+        return int(text) / scale
+    return None
+
+
 def _target(image: str, session: RunSession, tuning: str) -> PostgresContainer:
     pg = start_postgres(image, session, tuning=tuning, user="postgres", timeout=120)
     with pg.connect(autocommit=True) as conn:
@@ -86,8 +143,9 @@ def runbook(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
     pg = _target(image, session, "default")
     try:
         dump = dumps.local_path("plain-gzip")
+        meter = CpuMeter(pg)
         seconds = _host_pipeline(pg, f"gunzip -c '{dump}' | psql -X -q -v ON_ERROR_STOP=1")
-        return Measurement(seconds, pg.ready_seconds)
+        return Measurement(seconds, pg.ready_seconds, meter.stop())
     finally:
         pg.stop()
 
@@ -100,7 +158,9 @@ def pg_restore_raw(tuning: str) -> Callable[[RunSession, str, EstateDumps], Meas
         try:
             dump = dumps.local_path("directory-gzip")
             script = f"pg_restore --exit-on-error --jobs {jobs()} -d {DATABASE} '{dump}'"
-            return Measurement(_host_pipeline(pg, script), pg.ready_seconds)
+            meter = CpuMeter(pg)
+            seconds = _host_pipeline(pg, script)
+            return Measurement(seconds, pg.ready_seconds, meter.stop())
         finally:
             pg.stop()
 
@@ -119,11 +179,14 @@ def drill_restore(
         backup = catalog.latest(catalog.list_backups(storage, "database"))
         pg = start_postgres(image, session, tuning="restore", user="postgres", timeout=120)
         try:
+            meter = CpuMeter(pg)
             started = time.monotonic()
             result = restore_database(storage, backup, pg, DATABASE, timeout=TIMEOUT, analyze=False)
             seconds = time.monotonic() - started
+            extra = meter.stop()
             analyze_s = analyze_database(pg, DATABASE, timeout=TIMEOUT)
-            extra = {"stages": {**result.stages, "analyze": analyze_s}, "method": result.method}
+            extra["stages"] = {**result.stages, "analyze": analyze_s}
+            extra["method"] = result.method
             return Measurement(seconds, pg.ready_seconds, extra)
         finally:
             pg.stop()

@@ -105,3 +105,34 @@ def time_against_size(
         out.append(f'<text x="{legend_x + 28}" y="{legend_y + 4}">{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def series_of(documents: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """(database GB, median seconds) per method label, from benchmark result documents."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for document in documents:
+        for data in document["scales"].values():
+            size = data["estate"]["database_bytes"] / 1e9
+            for entry in data["summary"]["methods"].values():
+                series.setdefault(entry["label"], []).append((size, entry["median_s"]))
+    return series
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.plot results/a.json results/b.json -o both.svg`: one chart of
+    several runs (e.g. the scales measured separately)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m bench.plot")
+    parser.add_argument("results", nargs="+", help="bench/results/<timestamp>.json files")
+    parser.add_argument("-o", "--output", required=True, help="the SVG to write")
+    args = parser.parse_args(argv)
+    documents = [json.loads(Path(path).read_text()) for path in args.results]
+    Path(args.output).write_text(time_against_size(series_of(documents)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

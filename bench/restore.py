@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.estate import VARIANTS, EstateDumps, ensure_dumps
 from bench.methods import DEFAULT_METHODS, METHODS, Measurement, in_process_rss_mb, stop_s3
-from bench.plot import time_against_size
+from bench.plot import series_of, time_against_size
 from drills.restore import jobs
 from drills.runtime import engine, images, labels
 from drills.runtime.postgres import start_postgres
@@ -123,6 +123,8 @@ def _summarise(runs: dict[str, list[Measurement]], methods) -> dict:
             "min_s": round(min(m.seconds for m in ms), 3),
             "max_s": round(max(m.seconds for m in ms), 3),
             "start_median_s": _median([m.start_seconds for m in ms]),
+            "cpu_median_s": _median([m.extra.get("cpu_s") for m in ms]),
+            "others_cores_median": _median([m.extra.get("others_cores") for m in ms]),
         }
         stages = [m.extra.get("stages") for m in ms if m.extra.get("stages")]
         if stages:
@@ -189,16 +191,18 @@ def _table(scale: float, dumps: EstateDumps, summary: dict, targets: dict, reps:
         f"scale {scale:g}: database {dumps.database_bytes / 1e9:.2f} GB "
         f"({dumps.rows.get('users', 0):,} users, {dumps.rows.get('transactions', 0):,} "
         f"transactions); dumps: {sizes}",
-        f"{reps} repetitions, medians; pg_restore --jobs {jobs()}",
+        f"{reps} repetitions, medians; pg_restore --jobs {jobs()}; cpu: CPU seconds of the "
+        "restore (its container and the harness); others: cores busy with other people's work",
         f"{'method':<52} {'median':>7} {'min':>7} {'max':>7} {'x best raw':>10} "
-        f"{'x runbook':>9} {'start':>6}",
+        f"{'x runbook':>9} {'start':>6} {'cpu':>6} {'others':>6}",
     ]
     for entry in summary["methods"].values():
         start = entry["start_median_s"]
         lines.append(
             f"{entry['label']:<52} {entry['median_s']:>7.2f} {entry['min_s']:>7.2f} "
             f"{entry['max_s']:>7.2f} {_ratio(entry['x_best_raw']):>10} "
-            f"{_ratio(entry['x_runbook']):>9} {'' if start is None else f'{start:.2f}':>6}"
+            f"{_ratio(entry['x_runbook']):>9} {_num(start):>6} {_num(entry['cpu_median_s']):>6} "
+            f"{_num(entry['others_cores_median']):>6}"
         )
         if "stages_median_s" in entry:
             stages = ", ".join(f"{k} {v:.2f}" for k, v in entry["stages_median_s"].items() if v)
@@ -215,6 +219,10 @@ def _table(scale: float, dumps: EstateDumps, summary: dict, targets: dict, reps:
         verdict = "met" if judged["met"] else "NOT MET"
         lines.append(f"target {name}: {judged['value']} (bound {judged['bound']}): {verdict}")
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _ratio(value: float | None) -> str:
@@ -254,12 +262,7 @@ def _write(document: dict, out: Path) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     document["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     (out / f"{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
-    series: dict[str, list[tuple[float, float]]] = {}
-    for data in document["scales"].values():
-        size = data["estate"]["database_bytes"] / 1e9
-        for entry in data["summary"]["methods"].values():
-            series.setdefault(entry["label"], []).append((size, entry["median_s"]))
-    (out / f"{stamp}.svg").write_text(time_against_size(series))
+    (out / f"{stamp}.svg").write_text(time_against_size(series_of([document])))
     print(f"\nwritten: {out / stamp}.json and .svg")
 
 
