@@ -57,6 +57,11 @@ def test_sweep_removes_dead_runs_and_spares_the_rest(docker_client, postgres_ima
     leftover = docker_client.containers.create(postgres_image, labels=dead_labels)
     leftover_net = docker_client.networks.create(f"drill-{dead_run}", labels=dead_labels)
     leftover_vol = docker_client.volumes.create(f"drill-{dead_run}", labels=dead_labels)
+    # A run killed between create and start leaves one container that never ran, nothing else.
+    lone_run = f"dead{uuid.uuid4().hex[:8]}"
+    lone = docker_client.containers.create(
+        postgres_image, labels={labels.PROJECT: labels.PROJECT_VALUE, labels.RUN: lone_run}
+    )
     stranger = docker_client.containers.create(postgres_image, labels={"owner": "someone-else"})
     ours = docker_client.containers.create(postgres_image, labels=run_session.labels("alive"))
     try:
@@ -67,7 +72,9 @@ def test_sweep_removes_dead_runs_and_spares_the_rest(docker_client, postgres_ima
         finally:
             newcomer.end(docker_client)
         assert f"container {leftover.name}" in removed
+        assert f"container {lone.name}" in removed
         assert _of_run(docker_client, dead_run) == []
+        assert _of_run(docker_client, lone_run) == []
         docker_client.containers.get(stranger.id)  # unlabelled: untouched
         docker_client.containers.get(ours.id)  # a live run's: untouched
     finally:

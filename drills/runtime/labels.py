@@ -121,13 +121,15 @@ def sweep(client: docker.DockerClient, keep: str | None = None) -> list[str]:
     """Remove what dead runs left behind; never touches objects without the project label."""
     selector = {"label": f"{PROJECT}={PROJECT_VALUE}"}
     runs: set[str] = set()
-    for lister in (client.containers.list, client.networks.list, client.volumes.list):
-        kwargs = {"all": True} if lister == client.containers.list else {}
-        for obj in _safe_list(lister, filters=selector, **kwargs):
-            labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
-            run = labels.get(RUN)
-            if run:
-                runs.add(run)
+    # Stopped and never-started containers too (`all`): a run killed between create and
+    # start, or whose containers exited, may have nothing else left.
+    found = _safe_list(client.containers.list, all=True, filters=selector)
+    found += _safe_list(client.networks.list, filters=selector)
+    found += _safe_list(client.volumes.list, filters=selector)
+    for obj in found:
+        labels = obj.attrs.get("Labels") or obj.attrs.get("Config", {}).get("Labels") or {}
+        if labels.get(RUN):
+            runs.add(labels[RUN])
     removed: list[str] = []
     for run in sorted(runs):
         if run != keep and not is_alive(run):
