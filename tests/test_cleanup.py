@@ -27,7 +27,7 @@ INNER_TEST = textwrap.dedent(
 
 def _of_run(client, run_id: str) -> list[str]:
     selector = {"label": f"{labels.RUN}={run_id}"}
-    found = [c.name for c in client.containers.list(all=True, filters=selector)]
+    found = [c.name for c in labels.list_containers(client, selector)]
     found += [n.name for n in client.networks.list(filters=selector)]
     found += [v.name for v in client.volumes.list(filters=selector)]
     return found

@@ -18,7 +18,7 @@ KINDS = {"database", "files", "config", "system", "pitr", "freshness"}
 def _left_by(client, pid: int) -> list[str]:
     """What a process created and did not remove: containers, networks, volumes."""
     selector = {"label": [f"{labels.PROJECT}={labels.PROJECT_VALUE}", f"{labels.PID}={pid}"]}
-    found = [c.name for c in client.containers.list(all=True, filters=selector)]
+    found = [c.name for c in labels.list_containers(client, selector)]
     found += [n.name for n in client.networks.list(filters=selector)]
     found += [v.name for v in client.volumes.list(filters=selector)]
     return found

@@ -45,7 +45,7 @@ def _start_hanging_drill(tmp_path: Path) -> subprocess.Popen:
 
 def _of_pid(client, pid: int) -> list:
     selector = {"label": [f"{labels.PROJECT}={labels.PROJECT_VALUE}", f"{labels.PID}={pid}"]}
-    return client.containers.list(all=True, filters=selector)
+    return labels.list_containers(client, selector)
 
 
 def _wait_for_restore(client, proc: subprocess.Popen, bound: float = 120) -> str:

@@ -135,7 +135,7 @@ def _describe_containers(item: pytest.Item, record: DrillRecord, with_logs: bool
         return
     mine = [f"{labels.PROJECT}={labels.PROJECT_VALUE}", f"{labels.RUN}={session.run_id}"]
     try:
-        containers = client.containers.list(all=True, filters={"label": mine})
+        containers = labels.list_containers(client, {"label": mine})
     except docker.errors.DockerException as exc:
         record.notes.append(f"the run's containers could not be listed for the report: {exc}")
         return

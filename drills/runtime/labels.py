@@ -101,11 +101,24 @@ def is_alive(run_id: str) -> bool:
     return False
 
 
+def list_containers(client: docker.DockerClient, filters: dict) -> list:
+    """Every container (running or not) matching `filters`, inspected. One removed between
+    the listing and its inspection (a short-lived container of a live run) is left out:
+    docker-py's own `containers.list` fails as a whole on it."""
+    found = []
+    for summary in client.api.containers(all=True, filters=filters):
+        try:
+            found.append(client.containers.get(summary["Id"]))
+        except docker.errors.NotFound:
+            continue
+    return found
+
+
 def remove_run(client: docker.DockerClient, run_id: str) -> list[str]:
     """Remove the containers, then networks, then volumes of one run; each step best effort."""
     removed: list[str] = []
     selector = {"label": [f"{PROJECT}={PROJECT_VALUE}", f"{RUN}={run_id}"]}
-    for container in _safe_list(client.containers.list, all=True, filters=selector):
+    for container in _safe_list(list_containers, client=client, filters=selector):
         if _best_effort(lambda c=container: c.remove(force=True, v=True), container.name):
             removed.append(f"container {container.name}")
     for network in _safe_list(client.networks.list, filters=selector):
@@ -121,9 +134,9 @@ def sweep(client: docker.DockerClient, keep: str | None = None) -> list[str]:
     """Remove what dead runs left behind; never touches objects without the project label."""
     selector = {"label": f"{PROJECT}={PROJECT_VALUE}"}
     runs: set[str] = set()
-    # Stopped and never-started containers too (`all`): a run killed between create and
-    # start, or whose containers exited, may have nothing else left.
-    found = _safe_list(client.containers.list, all=True, filters=selector)
+    # Stopped and never-started containers too (list_containers lists all): a run killed
+    # between create and start, or whose containers exited, may have nothing else left.
+    found = _safe_list(list_containers, client=client, filters=selector)
     found += _safe_list(client.networks.list, filters=selector)
     found += _safe_list(client.volumes.list, filters=selector)
     for obj in found:

@@ -77,10 +77,7 @@ class Ctx:
 
     def _targets(self, pid: int) -> list:
         selector = {"label": [f"{labels.PID}={pid}", f"{labels.ROLE}=postgres"]}
-        try:
-            return self.client.containers.list(all=True, filters=selector)
-        except docker.errors.NotFound:
-            return []  # one vanished between listing and inspection (a warm-image template)
+        return labels.list_containers(self.client, selector)
 
     def wait_for_container(self, pid: int) -> None:
         wait_until(lambda: self._targets(pid), 120, "the restore target to be created")
