@@ -46,7 +46,6 @@ from drills.restore_common import (
     RestoreError,
     RestoreResult,
     died,
-    inbox,
     jobs,
     last_lines,
     raise_causes,
@@ -175,7 +174,7 @@ def _restore_plain(
         raise RestoreError(f"{backup.key}: unknown compression {backup.compression!r}")
     decompress = DECOMPRESSORS[backup.compression]
     psql_argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d", dbname]
-    pipe = inbox(pg, f"{dbname}-{secrets.token_hex(4)}.sql")
+    pipe = pg.inbox_paths(f"{dbname}-{secrets.token_hex(4)}.sql")
     if pipe is not None:
         os.mkfifo(pipe[0], 0o600)
         psql_argv += ["-f", pipe[1]]

@@ -32,7 +32,6 @@ from drills.restore_common import (
     RestoreResult,
     died,
     in_container,
-    inbox,
     last_lines,
     object_size,
     raise_causes,
@@ -54,7 +53,7 @@ def restore_archive(
 ) -> RestoreResult:
     """Restore a custom- or directory-format dump into `dbname` with `pg_restore --jobs n`."""
     name = f"{os.path.basename(backup.key.rstrip('/'))}-{secrets.token_hex(4)}"
-    paths = inbox(pg, name)
+    paths = pg.inbox_paths(name)
     if paths is None:
         return _restore_copied(storage, backup, pg, dbname, timeout, n)
     host_path, target = paths

@@ -1,6 +1,6 @@
 """What the restore engines share: their result and error, and the plumbing of the client
 processes they run inside the restore target (bounded waits, drained stderr, a target that
-died under them, the target's inbox)."""
+died under them)."""
 
 from __future__ import annotations
 
@@ -107,12 +107,9 @@ def died(pg: PostgresContainer, backup: Backup, causes: list[DrillError], output
     tool's output says nothing or says the server went away, the state gets a moment to
     catch up.
     """
-    state = getattr(pg, "state", None)
-    if state is None:
-        return
     lost = not output.strip() or any(sign in output for sign in _CONNECTION_LOST)
     deadline = time.monotonic() + (DEATH_SETTLE_SECONDS if lost else 0)
-    while (current := state()) == "running" and time.monotonic() < deadline:
+    while (current := pg.state()) == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
     if current != "running":
         causes.insert(
@@ -122,13 +119,6 @@ def died(pg: PostgresContainer, backup: Backup, causes: list[DrillError], output
                 f"(now {current})"
             ),
         )
-
-
-def inbox(pg: PostgresContainer, name: str) -> tuple[os.PathLike[str], str] | None:
-    """(host path, container path) of `name` in the target's inbox; None without one (a
-    recovery's tools container, an engine on another machine)."""
-    paths = getattr(pg, "inbox_paths", None)
-    return paths(name) if paths is not None else None
 
 
 def object_size(storage: Storage, key: str) -> int:
