@@ -152,6 +152,8 @@ class PipeFeeder:
         self._stop = threading.Event()
         self._feeds: list[threading.Thread] = []
         self._poller = threading.Thread(target=self._poll, daemon=True, name="pipe-poll")
+        self.never_opened: list[str] = []
+        """Data files the reader never opened although it succeeded (after `finish`)."""
 
     def prepare(self) -> None:
         """Create the directory (0700), its pipes, and copy the files that are not streamed."""
@@ -185,6 +187,7 @@ class PipeFeeder:
         unread = list(self._unfinished)
         if reader_ok:
             unread += list(self._pending.values())
+            self.never_opened = sorted(self._pending)
         for part in unread:
             with _reported(self._errors):
                 with HashingReader(self.storage.open(part.key)) as reader:

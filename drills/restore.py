@@ -23,8 +23,8 @@ fail with a named cause.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -37,6 +37,7 @@ import psycopg
 
 from drills.catalog import Backup
 from drills.clock import StepTimeout
+from drills.dumpscan import DumpScan
 from drills.errors import DrillError, IntegrityError, StorageError
 from drills.fetch import open_if_read
 from drills.manifest import HashingReader
@@ -45,10 +46,11 @@ from drills.restore_common import (
     Drain,
     RestoreError,
     RestoreResult,
+    RoleMaker,
     died,
     jobs,
-    last_lines,
     raise_causes,
+    tool_failure,
     wait_all,
 )
 from drills.runtime.postgres import PostgresContainer
@@ -58,8 +60,7 @@ __all__ = ["RestoreError", "RestoreResult", "analyze_database", "jobs", "restore
 
 CHUNK = 1024 * 1024
 DECOMPRESSORS = {"gzip": ["gzip", "-dc"], "zstd": ["zstd", "-dc", "-q"], "none": None}
-_MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
-MAX_ROLE_RETRIES = 5
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_OPEN_SECONDS = 60
 # Ordinary, partitioned and materialised tables, as quoted names, the largest first.
 _TABLES_BY_SIZE = """
@@ -79,41 +80,37 @@ def restore_database(
     timeout: float,
     parallel: int | None = None,
     analyze: bool = True,
+    create_roles: bool = True,
 ) -> RestoreResult:
-    """Restore `backup` into a new database `dbname` of `pg`, then ANALYZE it (unless
+    """Restore `backup` into a new database `dbname` of `pg`, once, then ANALYZE it (unless
     `analyze` is false: the caller times it as a step of its own); raise with a named cause.
+
+    The roles the dump refers to (owners, grantees, policy roles) are created before the
+    statements that need them run (`create_roles`; see `RoleMaker`); `result.facts` says
+    what the dump declared, for the completeness and inventory checks.
     """
     started = time.monotonic()
-    notes: list[str] = []
-    created_roles: list[str] = []
     n = parallel or jobs()
-    for _attempt in range(MAX_ROLE_RETRIES + 1):
-        _create_database(pg, dbname)
-        try:
-            result = _restore_once(storage, backup, pg, dbname, timeout, n)
-        except RestoreError as exc:
-            role = _MISSING_ROLE.search(str(exc))
-            if role is None or role.group(1) in created_roles:
-                raise
-            # Dumps carry owners; the restore target lacks the production roles. Create the
-            # role and restore again into a fresh database (plain SQL cannot skip owners).
-            created_roles.append(role.group(1))
-            _create_role(pg, role.group(1))
-            _drop_database(pg, dbname)
-            continue
-        if created_roles:
-            notes.append(f"created roles missing from the target: {', '.join(created_roles)}")
-        if analyze:
-            remaining = max(1.0, timeout - (time.monotonic() - started))
-            seconds = analyze_database(pg, dbname, timeout=remaining, parallel=n)
-            if seconds is None:
-                notes.append(f"ANALYZE skipped: the restored {dbname} refuses connections")
-            else:
-                result.stages["analyze"] = seconds
-        result.notes = notes + result.notes
-        result.seconds = time.monotonic() - started
-        return result
-    raise RestoreError(f"{backup.key}: too many missing roles ({', '.join(created_roles)})")
+    _create_database(pg, dbname)
+    roles = RoleMaker(pg, create=create_roles)
+    try:
+        result = _restore_once(storage, backup, pg, dbname, timeout, n, roles)
+    finally:
+        roles.close()
+    result.roles_created = list(roles.created)
+    if roles.created:
+        result.notes.insert(
+            0, f"created roles the dump refers to (NOLOGIN): {', '.join(roles.created)}"
+        )
+    if analyze:
+        remaining = max(1.0, timeout - (time.monotonic() - started))
+        seconds = analyze_database(pg, dbname, timeout=remaining, parallel=n)
+        if seconds is None:
+            result.notes.append(f"ANALYZE skipped: the restored {dbname} refuses connections")
+        else:
+            result.stages["analyze"] = seconds
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def analyze_database(
@@ -157,18 +154,35 @@ def _analyze_tables(pg: PostgresContainer, dbname: str, tables: list[str], timeo
 
 
 def _restore_once(
-    storage: Storage, backup: Backup, pg: PostgresContainer, dbname: str, timeout: float, n: int
+    storage: Storage,
+    backup: Backup,
+    pg: PostgresContainer,
+    dbname: str,
+    timeout: float,
+    n: int,
+    roles: RoleMaker,
 ) -> RestoreResult:
     if backup.format == "plain":
-        return _restore_plain(storage, backup, pg, dbname, timeout)
+        return _restore_plain(storage, backup, pg, dbname, timeout, roles)
     if backup.format in ("custom", "directory"):
-        return restore_archive(storage, backup, pg, dbname, timeout, n)
+        return restore_archive(storage, backup, pg, dbname, timeout, n, roles)
     raise RestoreError(f"{backup.key}: cannot restore format {backup.format!r}")
 
 
 def _restore_plain(
-    storage: Storage, backup: Backup, pg: PostgresContainer, dbname: str, timeout: float
+    storage: Storage,
+    backup: Backup,
+    pg: PostgresContainer,
+    dbname: str,
+    timeout: float,
+    roles: RoleMaker,
 ) -> RestoreResult:
+    """storage -> sha256 -> decompressor -> `DumpScan` (roles created on the way) -> psql.
+
+    The relay between the decompressor and psql reads the script as it passes: the roles a
+    block refers to are created before psql gets the block, and the scan says afterwards
+    whether the dump was whole and what it declared. No second pass over the bytes.
+    """
     started = time.monotonic()
     if backup.compression not in DECOMPRESSORS:
         raise RestoreError(f"{backup.key}: unknown compression {backup.compression!r}")
@@ -186,19 +200,32 @@ def _restore_plain(
     )
     errors = {"psql": Drain(psql.stderr)}
     decomp = None
+    scan = DumpScan()
+    manifest = backup.manifest
+    relay: _Relay | None = None
     try:
         sink = psql.stdin if pipe is None else _open_pipe(pipe[0], psql, timeout)
-        if sink is not None and decompress:
+        if decompress:
             decomp = subprocess.Popen(
-                decompress, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.PIPE
+                decompress, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-            sink.close()  # the decompressor (and psql) own it now
-            sink = decomp.stdin
             errors["decompress"] = Drain(decomp.stderr)
-        feeder = _Feeder(storage, backup.key, sink)
+            feed_into, relay_from = decomp.stdin, decomp.stdout
+        else:
+            read_end, write_end = os.pipe()
+            feed_into = os.fdopen(write_end, "wb", buffering=0)
+            relay_from = os.fdopen(read_end, "rb", buffering=0)
+        _widen(relay_from)
+        # With a manifest, bytes the consumer never took are still read and hashed, so that
+        # a size or checksum is only blamed when the bytes themselves disagree.
+        feeder = _Feeder(storage, backup.key, feed_into, drain=manifest is not None)
+        relay = _Relay(relay_from, sink, scan, roles)
+        if sink is None:
+            relay.stopped = True  # psql exited before it opened its input; its error says why
         feeder.start()
+        relay.start()
         procs = [p for p in (decomp, psql) if p is not None]
-        wait_all(procs, [feeder], timeout, f"restore of {backup.key}")
+        wait_all(procs, [feeder, relay], timeout, f"restore of {backup.key}")
     finally:
         if pipe is not None:
             with contextlib.suppress(OSError):
@@ -208,13 +235,13 @@ def _restore_plain(
     causes: list[DrillError] = []
     if feeder.error is not None:
         causes.append(feeder.error)
-    manifest = backup.manifest
-    if manifest is not None and feeder.error is None and sink is not None:
+    if manifest is not None and feeder.error is None and feeder.complete:
         try:
             reader.verify(manifest.sha256, manifest.bytes, backup.key)
         except IntegrityError as exc:
             causes.append(exc)
-    # A decompressor killed by SIGPIPE only saw psql stop first: psql's error is the cause.
+    # A decompressor killed by SIGPIPE only saw its reader stop first: that reader's error
+    # (psql's, or the relay's) is the cause.
     if decomp is not None and decomp.returncode not in (0, -signal.SIGPIPE):
         detail = errors["decompress"].text().strip() or f"exit {decomp.returncode}"
         causes.append(
@@ -222,10 +249,12 @@ def _restore_plain(
                 f"{backup.key}: {backup.compression} stream is corrupt or ends early ({detail})"
             )
         )
+    if relay.error is not None:
+        causes.append(relay.error)
     if psql.returncode != 0:
         output = errors["psql"].text()
         died(pg, backup, causes, output)  # first: the target's death explains the rest
-        causes.append(RestoreError(f"{backup.key}: psql failed: {last_lines(output)}"))
+        causes.append(tool_failure(backup, "psql", output))
     raise_causes(causes)
     seconds = time.monotonic() - started
     how = "a named pipe" if pipe else "docker exec's stdin"
@@ -235,7 +264,14 @@ def _restore_plain(
         seconds=seconds,
         method=f"stream {backup.compression} -> psql (ON_ERROR_STOP) through {how}",
         stages={"load": round(seconds, 3)},
+        facts=scan,
     )
+
+
+def _widen(stream: BinaryIO) -> None:
+    """A 1 MiB pipe buffer: fewer wake-ups of the relay per megabyte than the default 64 KiB."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, CHUNK)
 
 
 def _open_pipe(path: os.PathLike[str], psql: subprocess.Popen, timeout: float) -> BinaryIO | None:
@@ -253,34 +289,88 @@ def _open_pipe(path: os.PathLike[str], psql: subprocess.Popen, timeout: float) -
 
 
 class _Feeder(threading.Thread):
-    """Copies a storage object into a pipe, hashing it; remembers the first error."""
+    """Copies a storage object into a pipe, hashing it; remembers the first error.
 
-    def __init__(self, storage: Storage, key: str, sink: BinaryIO | None) -> None:
+    When the pipe's reader stops early, `drain` keeps reading (and hashing) to the end of the
+    object, so its size and checksum can still be compared with the manifest.
+    """
+
+    def __init__(self, storage: Storage, key: str, sink: BinaryIO, *, drain: bool) -> None:
         super().__init__(daemon=True, name=f"feed {key}")
-        self.storage, self.key, self.sink = storage, key, sink
-        self.reader: HashingReader | None = None
+        self.storage, self.key, self.sink, self.drain = storage, key, sink, drain
+        self.reader: HashingReader = HashingReader(_Empty())
         self.error: BaseException | None = None
+        self.complete = False
+        """The whole object was read (written on, or drained after the reader stopped)."""
 
     def run(self) -> None:
         try:
-            if self.sink is None:
-                return  # the consumer exited before it opened its input; its error says why
             self.reader = HashingReader(self.storage.open(self.key))
             with self.reader:
+                writing = True
                 while chunk := self.reader.read(CHUNK):
-                    self.sink.write(chunk)
-        except BrokenPipeError:
-            pass  # the consumer stopped early; its exit status names the cause
+                    if not writing:
+                        continue
+                    try:
+                        self.sink.write(chunk)
+                    except BrokenPipeError:
+                        if not self.drain:
+                            return  # nothing to compare the rest with; the reader's error rules
+                        writing = False
+                self.complete = True
         except StorageError as exc:
             self.error = exc
         except Exception as exc:
             self.error = StorageError(f"{self.key}: reading from storage failed: {exc}")
         finally:
-            if self.sink is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    self.sink.close()
-            if self.reader is None:
-                self.reader = HashingReader(_Empty())
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.sink.close()
+
+
+class _Relay(threading.Thread):
+    """Moves the decompressed script to psql through a `DumpScan`, creating the roles each
+    block refers to before psql gets that block. Stops reading when psql stops (its
+    error is the cause); keeps the first error of its own."""
+
+    def __init__(self, source: BinaryIO, sink: BinaryIO | None, scan: DumpScan, roles: RoleMaker):
+        super().__init__(daemon=True, name="relay")
+        self.source, self.sink, self.scan, self.roles = source, sink, scan, roles
+        self.error: DrillError | None = None
+        self.stopped = False
+
+    def run(self) -> None:
+        fd = self.source.fileno()
+        try:
+            while not self.stopped:
+                chunk = os.read(fd, CHUNK)
+                if not chunk:
+                    self.scan.end()
+                    break
+                new = self.scan.feed(chunk)
+                if new:
+                    self.roles.ensure(new)
+                try:
+                    _write_all(self.sink, chunk)
+                except BrokenPipeError:
+                    self.stopped = True  # psql stopped reading: its exit status names why
+        except DrillError as exc:
+            self.error = exc
+        except OSError as exc:
+            self.error = RestoreError(f"passing the script to psql failed: {exc}")
+        finally:
+            for stream in (self.sink, self.source):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+
+def _write_all(sink: BinaryIO | None, data: bytes) -> None:
+    if sink is None:
+        raise BrokenPipeError
+    view = memoryview(data)
+    while view:
+        written = sink.write(view)
+        view = view[written:] if written is not None else view[len(view) :]
 
 
 class _Empty:
@@ -303,8 +393,3 @@ def _create_database(pg: PostgresContainer, dbname: str) -> None:
 def _drop_database(pg: PostgresContainer, dbname: str) -> None:
     with pg.connect(autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def _create_role(pg: PostgresContainer, role: str) -> None:
-    with pg.connect(autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role.replace(chr(34), "")}"')

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from typing import BinaryIO
 
 from drills.catalog import Backup
 from drills.clock import StepTimeout
+from drills.dumpscan import DumpScan, data_entries, resolve_table
 from drills.errors import DrillError, IntegrityError, StorageError
 from drills.fetch import Part, PipeFeeder, download
 from drills.manifest import HashingReader
@@ -30,17 +32,22 @@ from drills.restore_common import (
     Drain,
     RestoreError,
     RestoreResult,
+    RoleMaker,
     died,
     in_container,
     last_lines,
     object_size,
     raise_causes,
+    tool_failure,
     wait_all,
 )
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
 
 WORKDIR = "/var/lib/postgresql/restore"
+TOC_SECONDS = 300
+_TOC_SEPARATOR = "-- drill: end of the table of contents --"
+_DATA_FILE = re.compile(r"/(?P<id>\d+)\.dat(?:\.\w+)?\b")
 
 
 def restore_archive(
@@ -50,17 +57,52 @@ def restore_archive(
     dbname: str,
     timeout: float,
     n: int,
+    roles: RoleMaker,
 ) -> RestoreResult:
-    """Restore a custom- or directory-format dump into `dbname` with `pg_restore --jobs n`."""
+    """Restore a custom- or directory-format dump into `dbname` with `pg_restore --jobs n`,
+    once: its table of contents is read first (`read_toc`), for the roles it refers to and
+    for what it declares."""
     name = f"{os.path.basename(backup.key.rstrip('/'))}-{secrets.token_hex(4)}"
     paths = pg.inbox_paths(name)
     if paths is None:
-        return _restore_copied(storage, backup, pg, dbname, timeout, n)
+        return _restore_copied(storage, backup, pg, dbname, timeout, n, roles)
     host_path, target = paths
     argv = ["pg_restore", "--exit-on-error", "--jobs", str(n), "-d", dbname, target]
     if backup.format == "custom":
-        return _restore_custom(storage, backup, pg, argv, host_path, timeout)
-    return _restore_directory(storage, backup, pg, argv, host_path, timeout)
+        return _restore_custom(storage, backup, pg, argv, host_path, timeout, roles)
+    return _restore_directory(storage, backup, pg, argv, host_path, timeout, roles)
+
+
+def read_toc(pg: PostgresContainer, backup: Backup, path: str, timeout: float) -> DumpScan:
+    """What an archive declares, read by the target's own pg_restore: its schema script
+    (`--schema-only --file=-`, scanned like a plain dump: objects, roles) and its list of
+    entries (`--list`: which tables have data). Reads no table data: a directory dump's
+    data files may already be named pipes."""
+    script = 'pg_restore --list "$1" && echo "$2" && pg_restore --schema-only --file=- "$1"'
+    result = in_container(
+        pg,
+        ["sh", "-c", script, "sh", path, _TOC_SEPARATOR],
+        min(timeout, TOC_SECONDS),
+        check=False,
+        what=f"reading the table of contents of {backup.key}",
+    )
+    output = result.stdout.decode(errors="replace")
+    listing, sep, schema = output.partition(_TOC_SEPARATOR + "\n")
+    if result.returncode != 0 or not sep:
+        detail = last_lines(result.stderr.decode(errors="replace"))
+        raise IntegrityError(
+            f"{backup.key}: pg_restore cannot read the archive's table of contents: {detail}"
+        )
+    scan = DumpScan()
+    scan.feed(schema.encode())
+    scan.end()
+    scan.entries = data_entries(listing)
+    for entry in scan.entries:
+        table = resolve_table(entry, scan.table_names)
+        if table is not None:
+            scan.data_tables.add(table)
+            scan.data_files[entry.dump_id] = table
+    return scan
 
 
 def _restore_custom(
@@ -70,14 +112,17 @@ def _restore_custom(
     argv: list[str],
     host_path: Path,
     timeout: float,
+    roles: RoleMaker,
 ) -> RestoreResult:
-    """Download into the inbox (hashed, checked), then pg_restore."""
+    """Download into the inbox (hashed, checked), read its TOC, then pg_restore."""
     started = time.monotonic()
     part = _single_part(storage, backup)
     try:
         sha256 = download(storage, part, host_path)
         fetched = time.monotonic() - started
-        remaining = max(1.0, timeout - fetched)
+        facts = read_toc(pg, backup, argv[-1], timeout)
+        roles.ensure(facts.roles)
+        remaining = max(1.0, timeout - (time.monotonic() - started))
         what = f"pg_restore of {backup.key}"
         result = in_container(pg, argv, remaining, check=False, what=what)
     finally:
@@ -91,6 +136,7 @@ def _restore_custom(
         seconds=seconds,
         method=f"pg_restore --jobs {argv[3]} (custom, downloaded into the container's inbox)",
         stages={"fetch": round(fetched, 3), "load": round(seconds - fetched, 3)},
+        facts=facts,
     )
 
 
@@ -101,12 +147,15 @@ def _restore_directory(
     argv: list[str],
     host_path: Path,
     timeout: float,
+    roles: RoleMaker,
 ) -> RestoreResult:
     """Table data through named pipes fed while pg_restore reads them; every file checked."""
     started = time.monotonic()
     feeder = PipeFeeder(storage, _directory_parts(storage, backup), host_path)
     try:
         feeder.prepare()
+        facts = read_toc(pg, backup, argv[-1], timeout)
+        roles.ensure(facts.roles)
         feeder.start()
         proc = subprocess.Popen(
             pg.exec_argv(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -121,11 +170,20 @@ def _restore_directory(
         try:
             feeder.finish(reader_ok=proc.returncode == 0)
         except DrillError as exc:
-            causes.append(exc)  # a corrupt or missing file explains a failed pg_restore
+            # a corrupt or missing file explains a failed pg_restore
+            causes.append(type(exc)(_name_data_file(str(exc), facts)))
         if proc.returncode != 0:
             output = drain.text()
             died(pg, backup, causes, output)
-            causes.append(RestoreError(f"{backup.key}: pg_restore failed: {last_lines(output)}"))
+            causes.append(tool_failure(backup, "pg_restore", output))
+        elif feeder.never_opened:
+            causes.append(
+                IntegrityError(
+                    f"{backup.key}: pg_restore never read these data files, which the dump's "
+                    f"table of contents does not list: {', '.join(feeder.never_opened)} (a "
+                    "table of contents from another dump?)"
+                )
+            )
         raise_causes(causes)
     finally:
         shutil.rmtree(host_path, ignore_errors=True)
@@ -136,7 +194,18 @@ def _restore_directory(
         seconds=seconds,
         method=f"pg_restore --jobs {argv[3]} (directory, streamed through named pipes)",
         stages={"load": round(seconds, 3)},
+        facts=facts,
     )
+
+
+def _name_data_file(message: str, facts: DumpScan) -> str:
+    """A data file's error with the table whose rows it holds: "3350.dat.gz: ... (the data of
+    public.transactions)"."""
+    found = _DATA_FILE.search(message)
+    if found is None:
+        return message
+    table = facts.data_files.get(int(found["id"]))
+    return f"{message} (the data of {table})" if table else message
 
 
 def _single_part(storage: Storage, backup: Backup) -> Part:
@@ -177,7 +246,7 @@ def _check_pg_restore(pg: PostgresContainer, backup: Backup, code: int, stderr: 
     if code != 0:
         causes: list[DrillError] = []
         died(pg, backup, causes, stderr)
-        causes.append(RestoreError(f"{backup.key}: pg_restore failed: {last_lines(stderr)}"))
+        causes.append(tool_failure(backup, "pg_restore", stderr))
         raise_causes(causes)
 
 
@@ -188,6 +257,7 @@ def _restore_copied(
     dbname: str,
     timeout: float,
     n: int,
+    roles: RoleMaker,
 ) -> RestoreResult:
     """Without an inbox: stream into the container's filesystem as tar while hashing."""
     started = time.monotonic()
@@ -208,7 +278,9 @@ def _restore_copied(
     if untar.returncode != 0:
         raise RestoreError(f"{backup.key}: copy into the container failed: {drain.text()}")
     fetched = time.monotonic() - started
-    remaining = max(1.0, timeout - fetched)
+    facts = read_toc(pg, backup, target, timeout)
+    roles.ensure(facts.roles)
+    remaining = max(1.0, timeout - (time.monotonic() - started))
     argv = ["pg_restore", "--exit-on-error", "--jobs", str(n), "-d", dbname, target]
     result = in_container(pg, argv, remaining, check=False, what=f"pg_restore of {backup.key}")
     _check_pg_restore(pg, backup, result.returncode, result.stderr.decode(errors="replace"))
@@ -220,6 +292,7 @@ def _restore_copied(
         seconds=seconds,
         method=f"pg_restore --jobs {n} ({backup.format}, copied through docker exec)",
         stages={"fetch": round(fetched, 3), "load": round(seconds - fetched, 3)},
+        facts=facts,
     )
 
 

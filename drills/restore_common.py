@@ -4,16 +4,22 @@ died under them)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import psycopg
+from psycopg import sql
 
 from drills.catalog import Backup
 from drills.clock import StepTimeout
-from drills.errors import DrillError, StorageError
+from drills.errors import DrillError, EnvironmentProblem, StorageError
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
 
@@ -27,7 +33,12 @@ class RestoreError(DrillError):
 
 @dataclass
 class RestoreResult:
-    """What a restore read and how long it took (`stages`: fetch, load, analyze seconds)."""
+    """What a restore read and how long it took (`stages`: fetch, load, analyze seconds).
+
+    `facts` is what the dump declared about itself (a `drills.dumpscan.DumpScan`: whether it
+    is whole, its objects, its roles, its tables' data entries), for the checks that compare
+    the restored database with it. `attempts` is how many times the data was loaded: one.
+    """
 
     bytes_read: int = 0
     sha256: str | None = None
@@ -35,6 +46,76 @@ class RestoreResult:
     method: str = ""
     notes: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
+    facts: Any = None
+    roles_created: list[str] = field(default_factory=list)
+    attempts: int = 1
+
+
+class RoleMaker:
+    """Creates, before the restore needs them, the roles a dump refers to that the target
+    lacks: NOLOGIN, no password, no privileges beyond what the dump itself grants.
+
+    A drill's target is a fresh server with none of production's roles; a real recovery onto
+    a new server lacks them too. With `create` false a missing role is an error naming it.
+    """
+
+    def __init__(self, pg: Any, *, create: bool = True) -> None:
+        self.pg = pg
+        self.create = create
+        self.created: list[str] = []
+        self._conn: psycopg.Connection | None = None
+        self._known: set[str] = set()
+
+    def ensure(self, names: Iterable[str]) -> None:
+        """Make sure every role of `names` exists."""
+        wanted = set(names) - self._known
+        if not wanted:
+            return
+        try:
+            if self._conn is None:
+                self._conn = self.pg.connect(autocommit=True)
+            rows = self._conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (sorted(wanted),)
+            ).fetchall()
+            absent = sorted(wanted - {row[0] for row in rows})
+            if absent and not self.create:
+                raise RestoreError(
+                    f"the dump refers to roles the server lacks: {', '.join(absent)}; create "
+                    "them first (or let the restore create them as NOLOGIN roles)"
+                )
+            for name in absent:
+                self._conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
+                self.created.append(name)
+        except psycopg.Error as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RestoreError(f"cannot create the roles the dump refers to: {detail}") from None
+        self._known |= wanted
+
+    def close(self) -> None:
+        """Close the connection (best effort)."""
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+_NO_EXTENSION = re.compile(
+    r'extension "(?P<name>[^"]+)" is not available|could not open extension control file '
+    r'"[^"]*/(?P<file>[^"/]+)\.control"'
+)
+
+
+def tool_failure(backup: Backup, tool: str, output: str) -> DrillError:
+    """The error of a failed psql or pg_restore, named: an extension the restore image lacks
+    is the machine's problem (exit 3), anything else the restore's."""
+    missing = _NO_EXTENSION.search(output)
+    if missing:
+        name = missing["name"] or missing["file"]
+        return EnvironmentProblem(
+            f"{backup.key}: the dump needs the extension {name}, which the restore image does "
+            "not have; set [runtime] postgres_image to an image that has it"
+        )
+    return RestoreError(f"{backup.key}: {tool} failed: {last_lines(output)}")
 
 
 def jobs() -> int:

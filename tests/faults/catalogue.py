@@ -369,7 +369,7 @@ FAULTS: list[Fault] = [
         "database",
         "200 random bytes in the header/TOC",
         "database",
-        "pg_restore failed",
+        "cannot read the archive's table of contents",
         dump_case(_damaged_toc, ext=".dump"),
     ),
     # files
