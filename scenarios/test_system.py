@@ -28,7 +28,7 @@ from drills.runtime import images
 from drills.runtime.api import start_api
 from drills.runtime.network import private_network
 from drills.steps import conclude, describe, locate
-from fixtures.drills import configured
+from fixtures.drills import check_limits, configured
 
 
 @pytest.mark.drill("system")
@@ -84,12 +84,25 @@ def test_full_system_recovers(
                 timeout=targets.rto.files,
             )
             cleanup.callback(files.remove)
-    record.extra["restore"] = {"method": result.method, "sha256": result.sha256}
+    record.extra["restore"] = {
+        "method": result.method,
+        "sha256": result.sha256,
+        "attempts": result.attempts,
+        "roles_created": result.roles_created,
+    }
     record.notes += result.notes
 
     with record.watch.phase("validate"):
         with connect_restored(db, database.name) as conn:
-            check_database(conn, record, backup.manifest, database.checks, amcheck=False)
+            check_database(
+                conn,
+                record,
+                backup.manifest,
+                database.checks,
+                amcheck=False,
+                facts=result.facts,
+                limits=check_limits(database),
+            )
             users = count_users(conn, record)
         landed = {}
         if files is not None:

@@ -294,18 +294,23 @@ def run_database(
 
 def _restore(
     plan: DatabasePlan, storage: Storage, tools: ToolsTarget, bound: float, say: Say
-) -> tuple[str, float, dict[str, float], list[str]]:
-    """Fill the new database from the plan's source: (method, seconds, timings, notes)."""
+) -> tuple[str, float, dict[str, float], list[str], object]:
+    """Fill the new database from the plan's source: (method, seconds, timings, notes, what
+    the dump declared or None)."""
     new = plan.new_name
     if plan.point_in_time is not None:
         timings = point_in_time.recover_into(
             plan.point_in_time, storage, tools, new, timeout=bound, say=say
         )
         seconds = sum(timings.values())
-        return "point in time: base backup + WAL, then pg_dump | pg_restore", seconds, timings, []
+        method = "point in time: base backup + WAL, then pg_dump | pg_restore"
+        return method, seconds, timings, [], None
     say(f"restoring {plan.backup.key} into the new database {new}")
     result = restore_database(storage, plan.backup, tools, new, timeout=bound)
-    return result.method, result.seconds, {"restore": result.seconds}, list(result.notes)
+    if result.roles_created:
+        say(f"created the roles the dump refers to (NOLOGIN): {', '.join(result.roles_created)}")
+    timings = {"restore": result.seconds}
+    return result.method, result.seconds, timings, list(result.notes), result.facts
 
 
 def _restore_verify_swap(
@@ -314,13 +319,13 @@ def _restore_verify_swap(
     server, new = plan.server, plan.new_name
     ran_pre = False
     try:
-        method, seconds, timings, notes = _restore(plan, storage, tools, bound, say)
+        method, seconds, timings, notes, facts = _restore(plan, storage, tools, bound, say)
         say(f"restored in {seconds:.1f} s ({method}); verifying {new}")
         started = time.monotonic()
         record = DrillRecord("recovery")
         manifest = plan.backup.manifest if plan.backup else None
         with connect_restored(tools, new) as conn:
-            check_database(conn, record, manifest, plan.checks, amcheck=False)
+            check_database(conn, record, manifest, plan.checks, amcheck=False, facts=facts)
             if plan.point_in_time is not None:
                 check_heartbeat_boundary(conn, record, plan.point_in_time.target)
             beat = newest_heartbeat(conn)
