@@ -105,6 +105,43 @@ def _not_negative(number: int) -> str | None:
     return None if number >= 0 else f"must not be negative, got {number}"
 
 
+def _percent(number: int) -> str | None:
+    return None if 0 <= number <= 100 else f"must be a percentage from 0 to 100, got {number}"
+
+
+OBJECT_KINDS = (
+    "schema",
+    "extension",
+    "foreign table",
+    "view",
+    "materialized view",
+    "sequence",
+    "index",
+    "primary key",
+    "unique constraint",
+    "exclusion constraint",
+    "foreign key",
+    "check constraint",
+    "trigger",
+    "function",
+    "procedure",
+    "aggregate",
+    "type",
+    "domain",
+    "policy",
+    "large object",
+)
+
+
+def _object_kinds(kinds: tuple[str, ...]) -> str | None:
+    unknown = [k for k in kinds if k not in OBJECT_KINDS]
+    if not unknown:
+        return None
+    known = ", ".join(OBJECT_KINDS)
+    listed = ", ".join(map(show, unknown))
+    return f"holds unknown object kinds {listed} (known: {known}; a table may never vanish)"
+
+
 def _major(major: int) -> str | None:
     return None if major >= 10 else f"must be a PostgreSQL major such as 15 or 17, got {major}"
 
@@ -232,6 +269,47 @@ class DatabaseSettings:
     )
     restore_timeout: float | None = knob(
         None, "Bound on a hung restore; unset derives it from [targets.rto] database."
+    )
+    tables_without_data: tuple[str, ...] = knob(
+        (),
+        'Tables ("schema.table") your dumps carry without data on purpose (pg_dump '
+        "--exclude-table-data); any other table without data fails the drill.",
+    )
+    amcheck_timeout: float = knob(
+        10 * MINUTE,
+        "Time amcheck may take (btree indexes, then tables with verify_heapam); what it "
+        "leaves unchecked is counted in the report.",
+    )
+    max_shrink: int = knob(
+        50,
+        "Plausibility: percent by which total rows, or the database's bytes, may drop "
+        "against the last passing drill or the backup before.",
+        check=_percent,
+    )
+    max_table_shrink: int = knob(
+        90, "Plausibility: percent of its rows one table may lose.", check=_percent
+    )
+    shrink_min_rows: int = knob(
+        1000,
+        "Plausibility: tables (and totals) smaller than this many rows are not judged.",
+        check=_not_negative,
+    )
+    min_size_percent: int = knob(
+        10,
+        "Plausibility: a dump smaller than this percent of the one before it (same format) "
+        "fails as suspect.",
+        check=_percent,
+    )
+    volatile_tables: tuple[str, ...] = knob(
+        (),
+        'Tables ("schema.table") whose row count swings by design (sessions, job queues): '
+        "not judged one by one.",
+    )
+    allow_vanished: tuple[str, ...] = knob(
+        (),
+        'Object kinds that may vanish between backups without failing ("index", "function", '
+        '"view", ...); a vanished table always fails.',
+        check=_object_kinds,
     )
     pre_restore: tuple[str, ...] = knob(
         (), "Shell commands `drill restore database` runs just before the swap (stop the app)."

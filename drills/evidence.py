@@ -286,16 +286,21 @@ def _artefact_problems(run_dir: Path, document: dict) -> list[str]:
 
 
 def history_entry(document: dict, run: str) -> dict[str, Any]:
-    """One run as a line of history.jsonl: its verdict and each drill's RTO and RPO."""
+    """One run as a line of history.jsonl: its verdict, each drill's RTO and RPO, the backup
+    it drilled and the profile of what it restored."""
     drills = {}
     for drill in document.get("drills", []):
         rto, rpo = drill.get("rto") or {}, drill.get("rpo") or {}
+        backup = drill.get("backup") or {}
         drills[drill["kind"]] = {
             "verdict": drill.get("verdict"),
             "rto_target_s": rto.get("target_s"),
             "rto_measured_s": rto.get("measured_s"),
             "rpo_target_s": rpo.get("target_s"),
             "rpo_measured_s": rpo.get("measured_s"),
+            # What the next drill's plausibility checks compare with (drills.plausibility).
+            "backup": {"key": backup.get("key"), "taken_at": backup.get("taken_at")},
+            "profile": drill.get("profile"),
         }
     return {
         "run": run,

@@ -2,7 +2,8 @@
 
 Options (each also readable from drill.toml or the environment, see docs/configuration.md):
 `--drill-config PATH`, `--drill-set KEY=VALUE` (repeatable, CLI overrides of config keys),
-`--drill-run-dir DIR` (where drill.json is written). A scenario asks for the `drill`
+`--drill-run-dir DIR` (where drill.json is written), `--drill-accept-shrink REASON` (accept an
+implausible shrink for this run, the reason recorded). A scenario asks for the `drill`
 fixture to open its record; the outcome of the test becomes the drill's verdict.
 """
 
@@ -38,6 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="override a configuration key, e.g. storage.url=file:///backups",
     )
     group.addoption("--drill-run-dir", default=None, help="write drill.json into this directory")
+    group.addoption(
+        "--drill-accept-shrink",
+        default=None,
+        metavar="REASON",
+        help="accept, for this run, implausible shrinkage (a deliberate purge); the reason "
+        "goes into the evidence",
+    )
     group.addoption(
         "--drill-only",
         default=None,
@@ -99,6 +107,13 @@ def drill(request: pytest.FixtureRequest):
 
 
 _NODE_RECORD = pytest.StashKey[DrillRecord]()
+
+
+@pytest.fixture(scope="session")
+def accept_shrink(pytestconfig: pytest.Config) -> str | None:
+    """The reason given with `drill run --accept-shrink REASON`, else None."""
+    reason = pytestconfig.getoption("--drill-accept-shrink")
+    return reason.strip() if reason and reason.strip() else None
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,15 +22,26 @@ class DrillFailed(DrillError):
 
 def locate(storage: Storage, kind: str, record: DrillRecord, prefix: str | None = None) -> Backup:
     """Find the latest backup of a kind and describe it in the record."""
+    return locate_with_previous(storage, kind, record, prefix)[0]
+
+
+def locate_with_previous(
+    storage: Storage, kind: str, record: DrillRecord, prefix: str | None = None
+) -> tuple[Backup, Backup | None]:
+    """The latest backup of a kind (described in the record) and the one before it, the
+    plausibility checks' baseline in storage (None when it is the only one)."""
     with record.watch.phase("locate"):
-        backup = catalog.latest(catalog.list_backups(storage, kind, prefix))
+        backups = catalog.list_backups(storage, kind, prefix)
+        backup = catalog.latest(backups)
+    earlier = [b for b in backups if (b.taken_at, b.key) < (backup.taken_at, backup.key)]
+    previous = catalog.latest(earlier) if earlier else None
     record.backup = describe(backup)
     if backup.manifest_key is None:
         record.notes.append(
             f"{backup.key} has no manifest: integrity rests on the compressor's own check "
             "and the restore itself; row counts and checksums cannot be compared"
         )
-    return backup
+    return backup, previous
 
 
 def describe(backup: Backup) -> dict:

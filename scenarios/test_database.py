@@ -1,32 +1,39 @@
-"""Drill: the latest database backup restores, and the restored data is whole.
+"""Drill: the latest database backup restores, and the restored data is whole and plausible.
 
-Runbook: locate the newest dump -> read its major version -> start a throwaway Postgres of
-that major -> stream the dump into it (sha256 and the compressor's end of stream checked on
-the way) -> check tables, data, the configured SQL, the manifest's row counts, amcheck ->
-compare the time taken with the RTO and the backup's age with the RPO.
+Runbook: locate the newest dump (and the one before it) -> read its major version -> start a
+throwaway Postgres of that major -> stream the dump into it once (sha256, the compressor's end
+of stream and pg_dump's completion marker checked on the way; the roles it refers to created
+before they are needed) -> check that every object the dump declares exists, tables, data,
+the configured SQL, the manifest's row counts, amcheck -> compare what was restored with the
+last passing drill and the backup before it -> compare the time taken with the RTO and the
+backup's age with the RPO.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from drills import dumpinfo
+from drills import dumpinfo, plausibility
 from drills.checks import check_database, connect_restored
 from drills.errors import DrillError
-from drills.projection import database_bytes, project_rto
+from drills.projection import project_rto
 from drills.recovery_point import measure_recovery_point
 from drills.restore import restore_database
-from drills.steps import conclude, locate
-from fixtures.drills import configured
+from drills.steps import conclude, locate_with_previous
+from fixtures.drills import check_limits, configured, drill_history, thresholds
 
 
 @pytest.mark.drill("database")
-def test_latest_database_backup_restores(drill, drill_config, drill_storage, restore_target):
+def test_latest_database_backup_restores(
+    drill, drill_config, drill_storage, restore_target, accept_shrink
+):
     settings = configured(drill_config.database, "database")
     targets = drill_config.targets
     record = drill("database")
 
-    backup = locate(drill_storage, "database", record, drill_config.storage.prefixes.database)
+    backup, previous = locate_with_previous(
+        drill_storage, "database", record, drill_config.storage.prefixes.database
+    )
 
     with record.watch.phase("verify"):
         major, source = dumpinfo.backup_major(drill_storage, backup)
@@ -47,15 +54,34 @@ def test_latest_database_backup_restores(drill, drill_config, drill_storage, res
         "bytes_read": result.bytes_read,
         "sha256": result.sha256,
         "seconds": round(result.seconds, 3),
+        "attempts": result.attempts,
+        "roles_created": result.roles_created,
     }
     record.notes += result.notes
     record.notes.append("fetch and checksum verification stream inside the restore phase")
 
     with record.watch.phase("validate"), connect_restored(target, settings.name) as conn:
-        check_database(conn, record, backup.manifest, settings.checks)
+        plausibility.check_not_suspect(record, backup.manifest)
+        profile = check_database(
+            conn,
+            record,
+            backup.manifest,
+            settings.checks,
+            facts=result.facts,
+            limits=check_limits(settings),
+            target=target,
+        )
         # The recovered point: the newest heartbeat row in the data, else the backup's time.
         recovered_at = measure_recovery_point(conn, record, backup.taken_at)
-        restored_bytes = database_bytes(conn)
+        restored_bytes = profile.database_bytes
+    record.extra["profile"] = profile.as_dict()
+
+    # Is it believable? Against the last passing drill and the backup before it.
+    baselines = plausibility.database_baselines(
+        drill_history(drill_config), drill_config.estate.name, backup, previous
+    )
+    findings = plausibility.judge_database(profile, backup, baselines, thresholds(settings))
+    plausibility.record_plausibility(record, baselines, findings, accept_shrink)
 
     # What this restore would take at production size, against the same target.
     project_rto(

@@ -26,6 +26,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("run", help="run the drills against a configured estate")
     add_run_options(parser)
     parser.add_argument("--target-time", default=None, help="pitr: recover to this ISO time")
+    parser.add_argument(
+        "--accept-shrink",
+        default=None,
+        metavar="REASON",
+        help="accept, for this run only, backups that shrank implausibly (a deliberate purge); "
+        "the reason goes into the evidence",
+    )
     parser.set_defaults(func=main)
 
 
@@ -48,7 +55,17 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "target_time", None):
         overrides["pitr.target"] = args.target_time
     config = load_config(args.config, overrides=overrides)
-    return run(config, args.config, overrides, only=_only(args.only), quiet=args.quiet)
+    accept = getattr(args, "accept_shrink", None)
+    if accept is not None and not accept.strip():
+        raise ConfigError("--accept-shrink: give the reason (it goes into the evidence)")
+    return run(
+        config,
+        args.config,
+        overrides,
+        only=_only(args.only),
+        quiet=args.quiet,
+        accept_shrink=accept,
+    )
 
 
 def run(
@@ -58,6 +75,7 @@ def run(
     *,
     only: list[str] | None = None,
     quiet: bool = False,
+    accept_shrink: str | None = None,
 ) -> int:
     """Run the drills of `config` in a new run directory; return the exit code."""
     import pytest
@@ -80,6 +98,8 @@ def run(
     for key, value in overrides.items():
         argv += ["--drill-set", f"{key}={value}"]
     argv += ["--drill-only", ",".join(wanted)]
+    if accept_shrink:
+        argv += ["--drill-accept-shrink", accept_shrink]
     if config.report.junit:
         argv += [f"--junitxml={run_dir / 'junit.xml'}"]
     if config.report.pytest_html:
