@@ -175,7 +175,8 @@ def _restore_directory(
         if proc.returncode != 0:
             output = drain.text()
             died(pg, backup, causes, output)
-            causes.append(tool_failure(backup, "pg_restore", output))
+            failure = tool_failure(backup, "pg_restore", output)
+            causes.append(type(failure)(_name_data_file(str(failure), facts)))
         elif feeder.never_opened:
             causes.append(
                 IntegrityError(

@@ -31,7 +31,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 SHOWN = {
     "kind", "verdict", "started_at", "phases", "rto", "rpo", "checks", "error", "notes",
     "restore", "restore_target", "postgres_major", "containers", "logs", "failed_command",
+    "profile", "plausibility",
 }  # fmt: skip
+# Profile fields too large or too detailed for the comparison table (they stay in drill.json).
+PROFILE_DETAIL = {"rows", "inventory", "estimated", "files"}
 TIME_SOURCES = {
     "manifest": "the manifest's start time",
     "name": "the time in the file name (read as UTC)",
@@ -173,6 +176,7 @@ def _drill_view(drill: dict) -> dict[str, Any]:
             for name, b in backups.items()
         ],
         restore_rows=_restore_rows(restore),
+        profile=_profile_view(drill),
         checks=drill.get("checks") or [],
         notes=drill.get("notes") or [],
         logs=drill.get("logs") or {},
@@ -183,6 +187,44 @@ def _drill_view(drill: dict) -> dict[str, Any]:
         },
     )
     return view
+
+
+def _profile_view(drill: dict) -> dict[str, Any] | None:
+    """What the drill restored beside each baseline it was compared with: one row a measure
+    (scalars, and each entry of a per-kind count such as objects per kind)."""
+    profile = drill.get("profile")
+    if not isinstance(profile, dict):
+        return None
+    plaus = drill.get("plausibility") or {}
+    baselines = [b for b in plaus.get("baselines") or [] if isinstance(b, dict)]
+    measures: dict[str, list[Any]] = {}
+
+    def add(column: int, data: dict) -> None:
+        for key, value in data.items():
+            if key in PROFILE_DETAIL or key in ("source", "kind", "taken_at", "compared"):
+                continue
+            if isinstance(value, dict):
+                for sub, count in value.items():
+                    measures.setdefault(f"{key.replace('_', ' ')}: {sub}", [None] * width)
+                    measures[f"{key.replace('_', ' ')}: {sub}"][column] = count
+            elif isinstance(value, int | float | str) and not isinstance(value, bool):
+                measures.setdefault(key.replace("_", " "), [None] * width)[column] = value
+
+    width = 1 + len(baselines)
+    add(0, profile)
+    for index, baseline in enumerate(baselines, start=1):
+        add(index, baseline)
+    rows = [
+        (name, [size(v) if "bytes" in name and isinstance(v, int) else v for v in values])
+        for name, values in measures.items()
+        if values[0] is not None or any(v is not None for v in values[1:])
+    ]
+    return {
+        "columns": ["this drill"] + [b.get("source", "baseline") for b in baselines],
+        "rows": rows,
+        "findings": plaus.get("findings") or [],
+        "accepted": plaus.get("accepted"),
+    }
 
 
 def _is_backup(key: str, value: Any) -> bool:

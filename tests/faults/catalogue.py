@@ -61,6 +61,7 @@ class Fault:
     make: Callable  # (ctx) -> Case
     expect: str = "fail"
     exit: int = 1
+    absent: str = ""  # words the cause must not contain (a consequence blamed as the root)
 
 
 # -- database dumps ---------------------------------------------------------------------------
@@ -70,8 +71,15 @@ def _gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6)
 
 
-def _put_dump(ctx, data: bytes, *, manifest: Manifest | None = None, ext: str = ".sql.gz") -> str:
-    key = f"database/{DB}_{stamp(timedelta(minutes=3))}{ext}"
+def _put_dump(
+    ctx,
+    data: bytes,
+    *,
+    manifest: Manifest | None = None,
+    ext: str = ".sql.gz",
+    age: timedelta = timedelta(minutes=3),
+) -> str:
+    key = f"database/{DB}_{stamp(age)}{ext}"
     ctx.storage.put_bytes(key, data)
     if manifest is not None:
         ctx.storage.put_bytes(f"{key}.manifest.json", manifest.to_json().encode())
@@ -149,6 +157,98 @@ def _damaged_toc(d: dict) -> bytes:
     data = bytearray(d["custom"])
     data[200:400] = os.urandom(200)
     return bytes(data)
+
+
+def _statement_end(sql: bytes, marker: bytes) -> int:
+    """The end of the first statement after the header line holding `marker`."""
+    at = sql.index(marker)
+    return sql.index(b";\n", sql.index(b"\n\n", at) + 2) + 2
+
+
+def _cut_after(marker: bytes):
+    """A plain dump cut at the statement boundary after the header `marker`, then gzipped
+    whole: what `pg_dump > f; gzip f` leaves when pg_dump dies there."""
+    return lambda d: _gz(d["plain"][: _statement_end(d["plain"], marker)])
+
+
+def _cut_in_copy(table: bytes, rows: int):
+    """A plain dump cut after `rows` whole rows of a table's COPY data."""
+
+    def cut(d: dict) -> bytes:
+        sql = d["plain"]
+        at = sql.index(b"\n", sql.index(b"COPY " + table)) + 1
+        for _ in range(rows):
+            at = sql.index(b"\n", at) + 1
+        return _gz(sql[:at])
+
+    return cut
+
+
+def _after_data(d: dict) -> bytes:
+    """A plain dump cut after its last table's data: every row there, no post-data."""
+    sql = d["plain"]
+    end = sql.index(b"\n\\.\n", sql.rindex(b"Type: TABLE DATA;")) + 4
+    return _gz(sql[:end])
+
+
+def _stripped_post_data(d: dict) -> bytes:
+    """A dump whose index and foreign-key statements a filter removed (headers kept): a
+    restore of it succeeds and lacks what the dump declares."""
+    sql = d["plain"]
+    for marker in (b"Type: INDEX;", b"Type: FK CONSTRAINT;"):
+        at = sql.index(marker)
+        start = sql.index(b"\n\n", at) + 2
+        sql = sql[:start] + sql[_statement_end(sql, marker) :]
+    return _gz(sql)
+
+
+def _directory_without(table: str):
+    """A directory-format dump (no manifest) with one table's data file deleted."""
+
+    def make(ctx) -> Case:
+        files = dict(ctx.dumps["directory"])
+        del files[ctx.dumps["directory_data"][table]]
+        prefix = f"database/{DB}_{stamp(timedelta(minutes=3))}.dir/"
+        for name, data in files.items():
+            ctx.storage.put_bytes(prefix + name, data)
+        return Case(DATABASE)
+
+    return make
+
+
+def wiped_after_history(ctx) -> Case:
+    """A good dump is drilled (the history), then retention removes it and a dump taken
+    after 99% of the rows were deleted becomes the newest."""
+    good = _put_dump(ctx, _gz(ctx.dumps["plain"]), age=timedelta(minutes=50))
+    ctx.drill_now(DATABASE)
+    ctx.storage_delete(good)
+    _put_dump(ctx, _gz(ctx.dumps["wiped"]))
+    return Case(DATABASE)
+
+
+def a_tenth_of_the_size(ctx) -> Case:
+    """No manifests, no history: a dump a tenth the size of the one before it."""
+    _put_dump(ctx, _gz(ctx.dumps["plain"]), age=timedelta(minutes=50))
+    _put_dump(ctx, _gz(ctx.dumps["wiped"]))
+    return Case(DATABASE)
+
+
+def _large_failing(ctx) -> Case:
+    """A 20+ MB dump with a true manifest whose restore fails at once for a reason of its
+    own: psql's error is the cause, not the bytes psql never read."""
+    sql = ctx.dumps["large"]
+    first = sql.index(b"\n--\n-- Name: ")
+    data = _gz(sql[:first] + b"\nSELECT 1/0;\n" + sql[first:])
+    _put_dump(ctx, data, manifest=_manifest(data, {}, tables=()))
+    return Case(DATABASE)
+
+
+def _large_truncated(ctx) -> Case:
+    """A 20+ MB dump cut in storage, its manifest telling the true size."""
+    data = _gz(ctx.dumps["large"])
+    key = _put_dump(ctx, data[: len(data) // 2])
+    ctx.storage.put_bytes(f"{key}.manifest.json", _manifest(data, {}, tables=()).to_json().encode())
+    return Case(DATABASE)
 
 
 # -- files and config -------------------------------------------------------------------------
@@ -363,6 +463,96 @@ FAULTS: list[Fault] = [
         "database",
         "public.users: manifest 999999",
         manifest_case(users=999_999),
+    ),
+    Fault(
+        "plain dump cut in its pre-data section",
+        "database",
+        "cut after CREATE TABLE transactions, valid gzip",
+        "database",
+        "ends in its pre-data section after TABLE public.transactions",
+        dump_case(_cut_after(b"Name: transactions; Type: TABLE;")),
+    ),
+    Fault(
+        "plain dump cut inside a table's data",
+        "database",
+        "cut after 100 rows of COPY transactions, valid gzip",
+        "database",
+        "ends inside the data of public.transactions",
+        dump_case(_cut_in_copy(b"public.transactions", 100)),
+    ),
+    Fault(
+        "plain dump cut after its data",
+        "database",
+        "cut after the last COPY block, valid gzip",
+        "database",
+        "has no post-data section: no primary keys",
+        dump_case(_after_data),
+    ),
+    Fault(
+        "plain dump cut in its post-data section",
+        "database",
+        "cut after the first index, valid gzip",
+        "database",
+        "ends in its post-data section after INDEX public.transactions_user_id_idx",
+        dump_case(_cut_after(b"Type: INDEX;")),
+    ),
+    Fault(
+        "custom dump missing a table's data",
+        "database",
+        "pg_dump -Fc --exclude-table-data=public.transactions",
+        "database",
+        "no data for public.transactions",
+        dump_case(lambda d: d["custom_without_transactions"], ext=".dump"),
+    ),
+    Fault(
+        "directory dump missing a table's data file",
+        "database",
+        "pg_dump -Fd, the transactions data file deleted, no manifest",
+        "database",
+        "(the data of public.transactions)",
+        _directory_without("public.transactions"),
+    ),
+    Fault(
+        "dump whose objects partly failed to restore",
+        "database",
+        "index and foreign-key statements filtered out, headers kept",
+        "database",
+        "declared by the dump but missing after the restore: foreign key",
+        dump_case(_stripped_post_data),
+    ),
+    Fault(
+        "wiped estate after a good history",
+        "database",
+        "a passing drill, then a dump after 99% of rows deleted",
+        "database",
+        "against the last passing drill",
+        wiped_after_history,
+        absent="against the backup before it",
+    ),
+    Fault(
+        "a backup a tenth the size of the one before it",
+        "database",
+        "two seed-style dumps, no manifests, the newer after a wipe",
+        "database",
+        "under 10% of the",
+        a_tenth_of_the_size,
+    ),
+    Fault(
+        "large dump whose restore fails for its own reason",
+        "database",
+        "25 MB gzip with a true manifest, SELECT 1/0 at its start",
+        "database",
+        "division by zero",
+        _large_failing,
+        absent="size mismatch",
+    ),
+    Fault(
+        "large dump truncated in storage",
+        "database",
+        "25 MB gzip cut in half, manifest with the true size",
+        "database",
+        "size mismatch",
+        _large_truncated,
     ),
     Fault(
         "custom-format dump with a damaged TOC",

@@ -20,7 +20,7 @@ import pytest
 
 from drills.runtime import labels
 from drills.storage import LocalStorage
-from fixtures.estate_backups import write_drill_toml
+from fixtures.estate_backups import run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
 
 from .catalogue import FAULTS, Case, Fault, catalogue_markdown, wait_until
@@ -41,10 +41,24 @@ def dumps(dump_variants):
 class Ctx:
     """What a row's maker may use: the storage, the dumps, and real ways to break things."""
 
-    def __init__(self, tmp_path, dumps, storage, s3, docker_client):
+    def __init__(self, tmp_path, dumps, storage, s3, docker_client, url):
         self.tmp_path, self.dumps, self.storage = tmp_path, dumps, storage
-        self.s3, self.client = s3, docker_client
+        self.s3, self.client, self.url = s3, docker_client, url
         self._proxy: FaultyS3Proxy | None = None
+
+    def drill_now(self, sections: str, kind: str = "database") -> None:
+        """One passing `drill run` before the fault (a history, as monthly drills leave)."""
+        endpoint = self.s3.endpoint_url if self.url.startswith("s3") else None
+        config = write_drill_toml(self.tmp_path, self.url, sections, endpoint_url=endpoint)
+        outcome = run_drill(config, kind, env={**os.environ, **self.s3_env()})
+        assert outcome.exit == 0, f"the drill before the fault failed:\n{outcome.output[-3000:]}"
+
+    def s3_env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.s3.secret_access_key,
+            "AWS_DEFAULT_REGION": self.s3.region,
+        }
 
     def proxy(self) -> FaultyS3Proxy:
         self._proxy = FaultyS3Proxy(self.s3.endpoint_url).__enter__()
@@ -136,7 +150,7 @@ def _run(config: Path, kind: str, case: Case, env: dict) -> tuple[int, dict | No
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client):
     storage, url = _storage_for(fault, tmp_path, embedded_s3)
-    ctx = Ctx(tmp_path, dumps, storage, embedded_s3, docker_client)
+    ctx = Ctx(tmp_path, dumps, storage, embedded_s3, docker_client, url)
     row = {
         "name": fault.name,
         "injection": fault.injection,
@@ -150,13 +164,7 @@ def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client):
         case = fault.make(ctx)
         endpoint = case.endpoint_url or (embedded_s3.endpoint_url if url.startswith("s3") else None)
         config = write_drill_toml(tmp_path, url, case.sections, endpoint_url=endpoint)
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": embedded_s3.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": embedded_s3.secret_access_key,
-            "AWS_DEFAULT_REGION": embedded_s3.region,
-            **case.env,
-        }
+        env = {**os.environ, **ctx.s3_env(), **case.env}
         code, document, output = _run(config, fault.drill, case, env)
     finally:
         ctx.close()
@@ -167,6 +175,8 @@ def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client):
     assert entry["verdict"] == fault.expect, output[-3000:]
     assert code == fault.exit, output[-3000:]
     assert fault.words.lower() in row["cause"].lower(), row["cause"]
+    if fault.absent:
+        assert fault.absent.lower() not in row["cause"].lower(), row["cause"]
 
 
 @pytest.fixture(scope="module", autouse=True)
