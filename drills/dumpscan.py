@@ -31,6 +31,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from drills.errors import DrillError
+
 COMPLETE = b"-- PostgreSQL database dump complete"
 _HEADER_START = b"-- PostgreSQL database dump"
 _COPY_END = b"\n\\.\n"
@@ -109,7 +111,24 @@ _POLICY_ROLES = re.compile(rf" TO (?P<roles>{_IDENT_LIST})(?: USING| WITH CHECK|
 _SESSION = re.compile(rf"^SET (?:SESSION AUTHORIZATION|ROLE) (?P<roles>{_IDENT}|'[^']+')\s*;")
 _ROLE_LINES = ("GRANT ", "REVOKE ", "ALTER ", "CREATE POLICY ", "CREATE SCHEMA ", "SET ")
 # Lines worth decoding between data blocks: role references, constraint kinds, partitioning.
-_PARSED = (*tuple(p.encode() for p in _ROLE_LINES), b"PARTITION BY ", b"    ")
+_PARSED = (
+    *tuple(p.encode() for p in _ROLE_LINES),
+    b"PARTITION BY ",
+    b"    ",
+    b"DROP ",
+    b"CREATE DATABASE ",
+    b"COMMENT ON DATABASE ",
+    b"SECURITY LABEL ",
+    b"\\connect",
+)
+_ON_DATABASE = re.compile(
+    r"^(?P<lead>(?:ALTER DATABASE|COMMENT ON DATABASE|SECURITY LABEL .*? ON DATABASE|"
+    r"(?:GRANT|REVOKE) .*? ON DATABASE) )(?P<name>" + _IDENT + r")(?P<rest>.*)$"
+)
+
+
+class UnsupportedDump(DrillError):
+    """The script is not one database's plain dump (e.g. a pg_dumpall script)."""
 
 
 @dataclass(frozen=True)
@@ -203,12 +222,17 @@ def roles_in(line: str) -> set[str]:
 class DumpScan:
     """Reads a plain dump as it streams: headers, roles, data blocks, the completion marker.
 
-    >>> scan = DumpScan()
-    >>> new_roles = scan.feed(chunk)      # before the chunk goes on to psql  # doctest: +SKIP
-    >>> scan.end(); scan.ending()         # None when the dump is whole        # doctest: +SKIP
+    >>> scan = DumpScan(database="drishti_restore")
+    >>> ready = scan.feed(chunk)   # to psql, once scan.new_roles exist   # doctest: +SKIP
+    >>> last = scan.end(); scan.ending()   # None when the dump is whole     # doctest: +SKIP
     """
 
-    def __init__(self) -> None:
+    def __init__(self, database: str | None = None) -> None:
+        self.database = database
+        """The database the script is restored into: statements about the dump's own
+        database are pointed at it (see `_rewrite`)."""
+        self.rewritten: list[str] = []
+        """Statements not passed on as written, in words, for the report."""
         self.inventory: Counter[tuple[str, str]] = Counter()
         self.roles: set[str] = set()
         self.tables: set[str] = set()
@@ -235,17 +259,23 @@ class DumpScan:
         self._after_complete = False
         self._pending: tuple[str, str] | None = None  # a header whose kind the SQL decides
         self._table: str | None = None  # the table whose CREATE TABLE is being read
-        self._new: set[str] = set()
+        self.new_roles: set[str] = set()
+        """The roles the bytes of the last `feed` refer to that were not seen before."""
+        self._connects = 0
+        self._objects = False  # a header of an object (not of the database itself) was read
         self._relations: dict[str, set[str]] = {}  # schema -> declared relation names
         self._data: str | None = None  # the table of the last TABLE DATA header
 
-    def feed(self, data: bytes) -> set[str]:
-        """Read the next bytes; return the roles they refer to that were not seen before."""
+    def feed(self, data: bytes) -> bytes | memoryview:
+        """Read the next bytes; return those that may go on to psql now: whole lines (a line
+        split across chunks waits for its end), some of them rewritten (`_rewrite`). The
+        roles they refer to first are in `new_roles`."""
         self.bytes += len(data)
-        self._new = set()
+        self.new_roles = set()
         buffer = self._carry + data if self._carry else data
         position = 0
         end = len(buffer)
+        edits: list[tuple[int, int, bytes]] = []
         while position < end:
             if self.copy_table is not None:
                 position = self._skip_copy(buffer, position)
@@ -255,23 +285,35 @@ class DumpScan:
             newline = buffer.find(b"\n", position)
             if newline < 0:
                 break
-            self._line(buffer[position:newline])
+            replacement = self._line(buffer[position:newline])
+            if replacement is not None:
+                edits.append((position, newline, replacement))
             position = newline + 1
-        self._carry = self._keep(buffer, position)
-        return self._new
-
-    def end(self) -> None:
-        """The stream ended: read its last line if it had no newline."""
-        if self._carry and self.copy_table is None:
-            self._line(self._carry)
-        self._carry = b""
-
-    def _keep(self, buffer: bytes, position: int) -> bytes:
         if self.copy_table is not None:
-            # Inside COPY data only the end marker matters: keep the last bytes read (the
+            # Inside COPY data only the end marker matters: hold back the last bytes read (the
             # COPY line's own newline among them) to see a marker split across chunks.
-            return buffer[-(len(_COPY_END) - 1) :]
-        return buffer[position:]
+            cut = max(len(buffer) - (len(_COPY_END) - 1), edits[-1][1] + 1 if edits else 0)
+        else:
+            cut = position
+        self._carry = buffer[cut:]
+        if not edits:
+            return memoryview(buffer)[:cut]
+        pieces, at = [], 0
+        for start, stop, replacement in edits:
+            pieces += [buffer[at:start], replacement]
+            at = stop
+        pieces.append(buffer[at:cut])
+        return b"".join(pieces)
+
+    def end(self) -> bytes:
+        """The stream ended: read its last line if it had no newline; return what is left to
+        pass on."""
+        rest, self._carry = self._carry, b""
+        if rest and self.copy_table is None:
+            replacement = self._line(rest)
+            if replacement is not None:
+                rest = replacement
+        return rest
 
     def _skip_copy(self, buffer: bytes, position: int) -> int:
         """Past the end marker of the COPY data that starts at `position`, else the end."""
@@ -283,28 +325,84 @@ class DumpScan:
         self.copy_table = None
         return found + len(_COPY_END)
 
-    def _line(self, raw: bytes) -> None:
+    def _line(self, raw: bytes) -> bytes | None:
+        """Read one line outside COPY data; return its replacement, or None to pass it on."""
         if self._after_complete:
             if raw.strip() and not raw.startswith((b"--", b"\\unrestrict")):
                 self.complete = False  # something after the marker: not pg_dump's ending
                 self._after_complete = False
             else:
-                return
+                return None
         if raw.startswith(b"--"):
             self._comment(raw)
-            return
+            return None
         if raw.startswith(b"COPY "):
             match = _COPY.match(raw)
             if match:
                 named = match["table"].decode(errors="replace").strip()
                 self.copy_table = self._data or named
-                return
+                return None
         if not raw.startswith(_PARSED) and self._pending is None:
-            return  # INSERT rows of an --inserts dump, function bodies, SET lines of no interest
+            return None  # INSERT rows of an --inserts dump, function bodies, uninteresting SETs
         line = raw.decode(errors="replace")
         if line.startswith(_ROLE_LINES):
             self._roles(roles_in(line))
+        replacement = self._rewrite(line)
+        if replacement is not None:
+            return replacement.encode()
         self._statement(line)
+        return None
+
+    def _rewrite(self, line: str) -> str | None:
+        """The line psql must not run as written, made safe: a restore goes into the database
+        the restore created and nowhere else.
+
+        - `\\connect` (pg_dump --create) would take psql to another database: it stays;
+        - DROP DATABASE / CREATE DATABASE (pg_dump --clean --create) never run: on a real
+          server the first would drop the database being recovered;
+        - statements about the dump's own database (owner, settings, comment, grants) are
+          pointed at the restore's database;
+        - the DROP statements pg_dump --clean puts before the first object would fail on an
+          empty database: they are skipped.
+        """
+        if line.startswith("\\connect"):
+            self._connects += 1
+            if self._connects > 1:
+                raise UnsupportedDump(
+                    "the script connects to more than one database (a pg_dumpall script?): "
+                    "drill the dump of one database (pg_dump)"
+                )
+            return self._skipped(line, "stays in the restore's own database")
+        if line.startswith(("DROP DATABASE ", "CREATE DATABASE ")):
+            if line.startswith("CREATE DATABASE "):
+                self.creates_database = identifiers(line[len("CREATE DATABASE ") :])[0]
+            return self._skipped(line, "the restore created its own database")
+        if not self._objects and (
+            line.startswith("DROP ") or (line.startswith("ALTER ") and " DROP " in line)
+        ):
+            return self._skipped(line, "pg_dump --clean's drop of an object not yet restored")
+        if self._about_database():
+            match = _ON_DATABASE.match(line)
+            if match:
+                if self.database is None:
+                    return self._skipped(line, "not about the restore's database")
+                self.rewritten.append(f"{match['lead'].strip()} pointed at {self.database}")
+                quoted = '"' + self.database.replace('"', '""') + '"'
+                return f"{match['lead']}{quoted}{match['rest']}"
+        return None
+
+    def _about_database(self) -> bool:
+        """Whether the current header is about the dump's database itself."""
+        last = self.last
+        if last is None or last.type in ("DATABASE", "DATABASE PROPERTIES"):
+            return True
+        return last.type in ("COMMENT", "ACL", "SECURITY LABEL") and last.name.startswith(
+            "DATABASE "
+        )
+
+    def _skipped(self, line: str, why: str) -> str:
+        self.rewritten.append(f"skipped ({why}): {line[:120]}")
+        return f"-- drill: skipped ({why}): {line}"
 
     def _comment(self, raw: bytes) -> None:
         if raw.startswith(COMPLETE):
@@ -321,6 +419,8 @@ class DumpScan:
             return
         self.headers += 1
         self.last = header
+        if not self._about_database():
+            self._objects = True
         self.sections.add(header.section)
         self._data = None
         self._table = None
@@ -388,7 +488,7 @@ class DumpScan:
         new = names - self.roles
         if new:
             self.roles |= new
-            self._new |= new
+            self.new_roles |= new
 
     def tables_without_data(self) -> list[str]:
         """Declared tables with rows of their own but no data entry in the dump."""

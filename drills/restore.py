@@ -200,7 +200,7 @@ def _restore_plain(
     )
     errors = {"psql": Drain(psql.stderr)}
     decomp = None
-    scan = DumpScan()
+    scan = DumpScan(database=dbname)
     manifest = backup.manifest
     relay: _Relay | None = None
     try:
@@ -265,6 +265,7 @@ def _restore_plain(
         method=f"stream {backup.compression} -> psql (ON_ERROR_STOP) through {how}",
         stages={"load": round(seconds, 3)},
         facts=scan,
+        notes=[f"not run as written: {what}" for what in scan.rewritten[:10]],
     )
 
 
@@ -343,16 +344,15 @@ class _Relay(threading.Thread):
         try:
             while not self.stopped:
                 chunk = os.read(fd, CHUNK)
-                if not chunk:
-                    self.scan.end()
-                    break
-                new = self.scan.feed(chunk)
-                if new:
-                    self.roles.ensure(new)
+                ready = self.scan.feed(chunk) if chunk else self.scan.end()
+                if self.scan.new_roles:
+                    self.roles.ensure(self.scan.new_roles)
                 try:
-                    _write_all(self.sink, chunk)
+                    _write_all(self.sink, ready)
                 except BrokenPipeError:
                     self.stopped = True  # psql stopped reading: its exit status names why
+                if not chunk:
+                    break
         except DrillError as exc:
             self.error = exc
         except OSError as exc:
@@ -364,7 +364,7 @@ class _Relay(threading.Thread):
                         stream.close()
 
 
-def _write_all(sink: BinaryIO | None, data: bytes) -> None:
+def _write_all(sink: BinaryIO | None, data: bytes | memoryview) -> None:
     if sink is None:
         raise BrokenPipeError
     view = memoryview(data)

@@ -74,9 +74,8 @@ class RoleMaker:
         try:
             if self._conn is None:
                 self._conn = self.pg.connect(autocommit=True)
-            rows = self._conn.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (sorted(wanted),)
-            ).fetchall()
+            # All of them: a server has a handful of roles, and no array parameter to adapt.
+            rows = self._conn.execute("SELECT rolname FROM pg_roles").fetchall()
             absent = sorted(wanted - {row[0] for row in rows})
             if absent and not self.create:
                 raise RestoreError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from drills.dumpscan import DumpScan, roles_in
+from drills.dumpscan import DumpScan, UnsupportedDump, roles_in
 from drills.inventory import missing, read_inventory
 
 SHAPED = """
@@ -64,12 +64,16 @@ def shaped_dump(run_session, postgres_image) -> bytes:
         pg.stop()
 
 
-def _scan(data: bytes, chunk: int = 1 << 20) -> DumpScan:
-    scan = DumpScan()
-    for start in range(0, len(data), chunk):
-        scan.feed(data[start : start + chunk])
-    scan.end()
-    return scan
+def _scan(data: bytes, chunk: int = 1 << 20, database: str | None = None) -> DumpScan:
+    return _relay(data, chunk, database)[0]
+
+
+def _relay(data: bytes, chunk: int, database: str | None = None) -> tuple[DumpScan, bytes]:
+    """The scan of `data` fed in chunks, and the bytes it passed on."""
+    scan = DumpScan(database=database)
+    passed = [bytes(scan.feed(data[start : start + chunk])) for start in range(0, len(data), chunk)]
+    passed.append(scan.end())
+    return scan, b"".join(passed)
 
 
 def test_a_whole_dump_is_complete_and_declares_its_objects_and_roles(shaped_dump):
@@ -110,8 +114,9 @@ def test_any_chunking_reads_the_same(shaped_dump, chunk):
     data = shaped_dump if chunk > 1 else shaped_dump[:6000] + shaped_dump[-3000:]
     reference = whole if chunk > 1 else _scan(data)
 
-    scan = _scan(data, chunk)
+    scan, passed = _relay(data, chunk)
 
+    assert passed == data  # an ordinary dump goes on to psql byte for byte
     assert scan.complete == reference.complete
     assert scan.roles == reference.roles
     assert scan.inventory == reference.inventory
@@ -208,3 +213,27 @@ def test_the_restored_database_has_every_object_the_dump_declares(shaped_dump, p
         present = read_inventory(conn)
 
     assert missing(_scan(shaped_dump).inventory, present) == []
+
+
+def test_a_clean_create_dump_stays_in_the_restores_own_database(shaped_dump, postgres_factory):
+    pg = postgres_factory(dbname="shop")
+    made = pg.run(["pg_dump", "--clean", "--create", "-d", "shop"], timeout=120)
+    assert made.returncode == 0, made.stderr.decode()
+
+    scan, passed = _relay(made.stdout, 4096, database="shop_restore")
+
+    lines = passed.decode().splitlines()
+    assert not [
+        line for line in lines if line.startswith(("DROP ", "CREATE DATABASE", "\\connect"))
+    ]
+    assert 'ALTER DATABASE "shop_restore" OWNER TO' in passed.decode()
+    assert scan.creates_database == "shop"
+    assert scan.ending() is None
+    assert any("DROP DATABASE shop" in what for what in scan.rewritten)
+
+
+def test_a_script_that_connects_to_two_databases_is_refused():
+    script = b"--\n-- PostgreSQL database dump\n--\n\\connect a\nSELECT 1;\n\\connect b\n"
+
+    with pytest.raises(UnsupportedDump, match="more than one database"):
+        _relay(script, 1 << 20)

@@ -162,6 +162,33 @@ def test_database_restore_confirmed_at_the_terminal(estate, estate_dump, tmp_pat
     assert counts(pg, "safety_check") == estate["changed"]
 
 
+def test_a_clean_create_dump_never_drops_the_database_it_replaces(
+    estate, estate_dump, local_storage, tmp_path
+):
+    # `pg_dump --clean --create` starts with DROP DATABASE <db>; CREATE DATABASE <db>;
+    # \connect <db>: run as written beside production, it would drop production itself.
+    pg = estate["pg"]
+    original = estate["changed"]
+    made = pg.run(["pg_dump", "--clean", "--create", "-d", DB], timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert b"DROP DATABASE" in made.stdout
+    assert b"\\connect" in made.stdout
+    key = f"database/{DB}_{stamp(timedelta(minutes=1))}.sql.gz"
+    local_storage.put_bytes(key, gzip.compress(made.stdout))
+    with pg.connect(DB, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (email, name) VALUES ('after@example.test', 'After')")
+
+    result = drill(tmp_path, *restore_args(estate), "--yes", "--backup", key, pg=pg)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert counts(pg, DB) == original  # the dump's content, restored beside and swapped in
+    kept = [name for name in databases(pg) if name.startswith(f"{DB}_before_")]
+    assert len(kept) == 1, databases(pg)
+    assert counts(pg, kept[0])["users"] == original["users"] + 1  # production, untouched
+    assert not left_over(pg)
+
+
 def test_a_wrong_name_typed_replaces_nothing(estate, tmp_path):
     pg = estate["pg"]
     result = drill_at_terminal(tmp_path, *restore_args(estate), pg=pg, typed="drishti")
