@@ -1,7 +1,8 @@
 """The reference estate of the benchmark: generated at a chosen scale, backed up in each format.
 
 Scale 1 is about 1.4 GB on disk: 2 million users and 6 million transactions (with their
-indexes and a foreign key) carrying random text, in the sample application's schema. The
+indexes and a foreign key) carrying random text, in the sample application's schema, owned by
+an application role and readable by a reporting role (as production's are). The
 estate is generated inside a throwaway Postgres container, then dumped with the project's own
 producer (`drills.backup.database.backup_database`) once per format into a cache directory;
 later runs at the same scale reuse the dumps.
@@ -34,7 +35,7 @@ DATABASE = "bench"
 USERS_PER_SCALE = 2_000_000
 TRANSACTIONS_PER_SCALE = 6_000_000
 # Bump when the generated data or the set of formats changes, so cached dumps are remade.
-RECIPE = "3"
+RECIPE = "4"
 
 # (format, compression) of every dump the benchmark restores. PostgreSQL 15's pg_dump has
 # no zstd for custom and directory formats (16+ has); plain SQL is piped through zstd.
@@ -61,6 +62,16 @@ SELECT 1 + (random() * (:users - 1))::bigint,
        timestamptz '2020-01-01' + g * interval '20 seconds'
 FROM generate_series(1, :transactions) AS g;
 ANALYZE;
+"""
+# Production's shape: an application role owns the tables, a reporting role may read them.
+# The restore target has neither; the grants come last in a dump, after all the data.
+_ROLES = """
+CREATE ROLE drishti_app NOLOGIN;
+CREATE ROLE drishti_reporting NOLOGIN;
+ALTER TABLE users OWNER TO drishti_app;
+ALTER TABLE transactions OWNER TO drishti_app;
+ALTER TABLE audit_logs OWNER TO drishti_app;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO drishti_reporting;
 """
 
 
@@ -128,7 +139,7 @@ def ensure_dumps(
         run_sql_file(pg, APP_DIR / "schema.sql", DATABASE)
         sql = _GENERATE.replace(":users", str(int(USERS_PER_SCALE * scale)))
         sql = sql.replace(":transactions", str(int(TRANSACTIONS_PER_SCALE * scale)))
-        _run_sql(pg, sql)
+        _run_sql(pg, sql + _ROLES)
         with pg.connect(DATABASE) as conn:
             size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
             rows = {

@@ -174,8 +174,9 @@ def check_database(
         if partitioned:
             continue  # its rows are its partitions'
         name = f"{schema}.{table}"
-        exact = size <= limits.exact_count_max_bytes or name in exact_in_manifest
-        profile.rows[name] = _count(conn, schema, table) if exact else max(int(estimate), 0)
+        # Never-analysed tables have no estimate (-1): they are counted.
+        exact = size <= limits.exact_count_max_bytes or name in exact_in_manifest or estimate < 0
+        profile.rows[name] = _count(conn, schema, table) if exact else int(estimate)
         profile.exact[name] = exact
     total = profile.total_rows
     record.check(
