@@ -363,6 +363,11 @@ class ConfigFilesSettings:
         check=_env_name,
     )
     required: tuple[str, ...] = knob((), "Names that must be in a restored archive (.env...).")
+    allow_vanished: tuple[str, ...] = knob(
+        (),
+        "Plausibility: files that may be gone from the newest archive though the last passing "
+        "drill or the archive before had them; any other vanished file fails.",
+    )
 
 
 @dataclass(frozen=True)
