@@ -6,7 +6,9 @@ archive's file list (names only, never a value) and compares it with two baselin
 database drill does (`drills.plausibility`): the last passing drill (`<report-dir>/
 history.jsonl`) and the archive before it in storage (its manifest's members, else its own
 listing, read by opening it). A file either had and the newest archive lacks fails the drill,
-unless `[config] allow_vanished` names it.
+unless `[config] allow_vanished` names it. Files are matched by their path below the directory
+all of a baseline's files share, so that config moved as a whole (to a new host directory)
+is not taken for config lost.
 
 Example::
 
@@ -17,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -100,10 +103,14 @@ def judge_config(
     now = set(profile["files"])
     findings = []
     for base in baselines:
+        # Below the directory the baseline's files share: an estate whose config moved as a
+        # whole (a new host directory, the demo's temporary one) still has every file.
+        shared = _shared_directory(base.names)
         gone = [
             name
-            for name in sorted(set(base.names) - now)
-            if not any(_named(pattern, name) for pattern in allow_vanished)
+            for name in base.names
+            if not _present(name[len(shared) :], now)
+            and not any(_named(pattern, name) for pattern in allow_vanished)
         ]
         if gone:
             shown = ", ".join(f"{n} ({_class(n)})" for n in gone[:SHOWN])
@@ -133,6 +140,16 @@ def _adopt(generic: Baseline, names: list[str], compared: str) -> ConfigBaseline
 def _normal(path: str) -> str:
     """A member's name as the restore writes it (`./srv/app/.env` -> `srv/app/.env`)."""
     return "/".join(PurePosixPath(path.lstrip("/")).parts)
+
+
+def _shared_directory(names: list[str]) -> str:
+    """The directory every name lies in (`srv/app/`), "" when they share none."""
+    common = posixpath.commonpath([posixpath.dirname(n) for n in names]) if names else ""
+    return common + "/" if common else ""
+
+
+def _present(tail: str, names: set[str]) -> bool:
+    return tail in names or any(name.endswith("/" + tail) for name in names)
 
 
 def _class(name: str) -> str:

@@ -180,3 +180,12 @@ def test_config_file_gone_passes_when_allowed(tmp_path, local_storage):
     outcome, drill = _config_drill(tmp_path, local_storage, sections=allowed)
     assert outcome.exit == 0, outcome.output
     assert drill["verdict"] == "pass"
+
+
+def test_config_moved_as_a_whole_passes(tmp_path, local_storage):
+    put_config_archive(local_storage, MEMBERS, passphrase=PASSPHRASE, age=timedelta(hours=2))
+    moved = {f"new-host/{name}": data for name, data in MEMBERS.items()}
+    put_config_archive(local_storage, moved, passphrase=PASSPHRASE)
+    outcome, drill = _config_drill(tmp_path, local_storage)
+    assert outcome.exit == 0, outcome.output
+    assert drill["verdict"] == "pass"
