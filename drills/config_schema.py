@@ -336,6 +336,18 @@ class FilesSettings:
         "the snapshot's modes.",
         check=_mode,
     )
+    max_shrink: int = knob(
+        50,
+        "Plausibility: percent by which the file count, or the uploads' bytes, may drop "
+        "against the last passing drill or the snapshot before.",
+        check=_percent,
+    )
+    max_encrypted: int = knob(
+        30,
+        "Plausibility: percent of the uploads that may change since the snapshot before (or "
+        "the last passing drill) and look encrypted.",
+        check=_percent,
+    )
 
 
 @dataclass(frozen=True)
@@ -351,6 +363,11 @@ class ConfigFilesSettings:
         check=_env_name,
     )
     required: tuple[str, ...] = knob((), "Names that must be in a restored archive (.env...).")
+    allow_vanished: tuple[str, ...] = knob(
+        (),
+        "Plausibility: files that may be gone from the newest archive though the last passing "
+        "drill or the archive before had them; any other vanished file fails.",
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
   From S3 the object comes in parallel ranged GETs (one GET stream is slower than a restore
   consumes), each written in place; the file is hashed in order as its written prefix grows.
   Memory stays flat whatever the size: every stream moves 1 MiB at a time.
+- `read_head`: the first bytes of an object (a ranged GET on S3), for sniffing its type.
 - `PipeFeeder`: a directory-format dump whose table data files are named pipes. Each pipe is
   fed from the storage when its reader (a `pg_restore --jobs` worker) opens it, so the
   download overlaps the restore and there is no temporary copy. Every file is hashed as it
@@ -58,6 +59,23 @@ def download(storage: Storage, part: Part, path: Path) -> str:
         os.close(fd)
     _verify(part, digest, count)
     return digest
+
+
+def read_head(storage: Storage, key: str, size: int) -> bytes:
+    """The first `size` bytes of an object (one ranged GET on S3, never the whole body)."""
+    if not _ranged(storage):
+        with storage.open(key) as stream:
+            return stream.read(size)
+    import botocore.exceptions
+
+    try:
+        response = storage.client.get_object(
+            Bucket=storage.bucket, Key=storage.prefix + key, Range=f"bytes=0-{size - 1}"
+        )
+        with contextlib.closing(response["Body"]) as body:
+            return body.read(size)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise StorageError(f"{storage.url}/{key}: reading its first bytes failed: {exc}") from None
 
 
 def _ranged(storage: Storage) -> bool:

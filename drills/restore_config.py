@@ -95,6 +95,15 @@ def restore_config(
     return _restore(storage, backup, passphrase_env, timeout)
 
 
+def archive_names(
+    storage: Storage, backup: Backup, *, passphrase_env: str | None, timeout: float
+) -> list[str]:
+    """The file names an archive holds, read by restoring it privately (the directory is
+    removed at once): the listing of an archive that has no manifest."""
+    with restore_config(storage, backup, passphrase_env=passphrase_env, timeout=timeout) as r:
+        return sorted(r.members)
+
+
 class Secret:
     """A passphrase that never shows itself: its repr (in tracebacks, logs) is `<secret>`.
 

@@ -24,6 +24,7 @@ from typing import BinaryIO
 import docker
 import docker.errors
 
+from drills import filetype
 from drills.catalog import Backup
 from drills.clock import StepTimeout
 from drills.errors import DrillError, IntegrityError, StorageError
@@ -68,6 +69,8 @@ class FilesRestore:
 
     volume: str
     streamed: dict[str, FileState] = field(default_factory=dict)
+    heads: dict[str, filetype.Head] = field(default_factory=dict)
+    """What each file's first bytes say (sniffed as they streamed by: no extra read)."""
     bytes_read: int = 0
     seconds: float = 0.0
     method: str = f"storage -> tar stream -> tar -x in a helper container ({MOUNT})"
@@ -128,6 +131,7 @@ def restore_files(
         restored.remove()
         raise
     restored.streamed = sender.streamed
+    restored.heads = sender.heads
     restored.bytes_read = sender.bytes_read
     restored.seconds = time.monotonic() - started
     return restored
@@ -281,6 +285,7 @@ class _SnapshotSender(threading.Thread):
         self.modes = modes
         self.sink = sink
         self.streamed: dict[str, FileState] = {}
+        self.heads: dict[str, filetype.Head] = {}
         self.bytes_read = 0
         self.error: BaseException | None = None
 
@@ -308,9 +313,10 @@ class _SnapshotSender(threading.Thread):
         member.mode = self.modes.get(rel, 0o644)
         member.mtime = int(info.modified.timestamp())
         reader = HashingReader(self.storage.open(info.key))
+        tap = _HeadTap(reader)
         with reader:
             try:
-                tar.addfile(member, reader)
+                tar.addfile(member, tap)
             except OSError as exc:
                 if "unexpected end of data" in str(exc):
                     raise IntegrityError(
@@ -319,7 +325,23 @@ class _SnapshotSender(threading.Thread):
                     ) from None
                 raise
         self.streamed[rel] = FileState(reader.bytes_read, reader.sha256)
+        self.heads[rel] = filetype.sniff(tap.head)
         self.bytes_read += reader.bytes_read
+
+
+class _HeadTap:
+    """Passes reads through, keeping the first `filetype.SAMPLE` bytes for the plausibility
+    checks: the head of every file is seen on the way to the volume, never read twice."""
+
+    def __init__(self, stream: HashingReader) -> None:
+        self.stream = stream
+        self.head = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if len(self.head) < filetype.SAMPLE:
+            self.head += data[: filetype.SAMPLE - len(self.head)]
+        return data
 
 
 class _Helper:

@@ -1,31 +1,37 @@
-"""Drill: the latest uploads snapshot restores into a fresh volume, every file whole.
+"""Drill: the latest uploads snapshot restores into a fresh volume, every file whole and
+plausible.
 
-Runbook: locate the newest snapshot -> create a fresh volume -> stream the snapshot's files
-into it (each hashed as it is read) -> from a read-only container over the volume, hash every
-file that landed and compare path, size and sha256 with the manifest: missing, altered and
-extra files are named (without a manifest: at least one file, and integrity was not provable)
--> compare the time taken with the RTO and the snapshot's age with the RPO.
+Runbook: locate the newest snapshot (and the one before it) -> create a fresh volume -> stream
+the snapshot's files into it (each hashed, its first bytes sniffed, as it is read) -> from a
+read-only container over the volume, hash every file that landed and compare path, size and
+sha256 with the manifest: missing, altered and extra files are named (without a manifest: at
+least one file, and integrity was not provable) -> compare what was restored with the last
+passing drill and the snapshot before it (not emptied, not mass-encrypted) -> compare the time
+taken with the RTO and the snapshot's age with the RPO.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from drills import plausibility, plausibility_files
 from drills.restore_files import check_files, landed_files, restore_files
 from drills.runtime import images
-from drills.steps import conclude, locate
-from fixtures.drills import configured
+from drills.steps import conclude, locate_with_previous
+from fixtures.drills import configured, drill_history
 
 
 @pytest.mark.drill("files")
 def test_latest_uploads_snapshot_restores(
-    request, drill, drill_config, drill_storage, docker_client, run_session
+    request, drill, drill_config, drill_storage, docker_client, run_session, accept_shrink
 ):
-    configured(drill_config.files, "files")
+    settings = configured(drill_config.files, "files")
     targets = drill_config.targets
     record = drill("files")
 
-    backup = locate(drill_storage, "files", record, drill_config.storage.prefixes.files)
+    backup, previous = locate_with_previous(
+        drill_storage, "files", record, drill_config.storage.prefixes.files
+    )
 
     with record.watch.phase("provision"):
         # Any local image with bash, tar, find and sha256sum serves; ours is always there.
@@ -50,5 +56,21 @@ def test_latest_uploads_snapshot_restores(
             docker_client, run_session, restored.volume, image=helper, timeout=bound
         )
         check_files(record, backup, restored, landed)
+
+        # Is it believable? Against the last passing drill and the snapshot before it.
+        baselines, notes = plausibility_files.files_baselines(
+            drill_history(drill_config), drill_config.estate.name, backup, previous, drill_storage
+        )
+        profile = plausibility_files.files_profile(
+            restored, drill_storage, baselines, seed=backup.key
+        )
+    record.notes += notes
+    record.extra["profile"] = profile.as_dict()
+    findings = plausibility_files.judge_files(
+        profile, backup, baselines, plausibility_files.FilesLimits.of(settings)
+    )
+    plausibility.record_plausibility(
+        record, baselines, findings, accept_shrink, what="the restored uploads"
+    )
 
     conclude(record, targets.rto.files, targets.rpo.files, backup.taken_at)

@@ -12,13 +12,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from drills.manifest import Manifest, TableCount
-from fixtures.estate_backups import DB, put_config_archive, put_files_snapshot, stamp
+from fixtures.estate_backups import (
+    DB,
+    put_config_archive,
+    put_files_snapshot,
+    run_drill,
+    stamp,
+    typed_uploads,
+    write_drill_toml,
+)
 
 ENV_FILE = b"DATABASE_URL=postgresql://app:pw@db/app\nSECRET_KEY=not-a-real-secret\n"
 COMPOSE = b"services:\n  api:\n    image: app\n"
@@ -289,6 +298,110 @@ def config_case(*, passphrase: str = PASSPHRASE, damage: bool = False, drop: str
         return Case(CONFIG, env={"DRILL_CONFIG_PASSPHRASE": passphrase})
 
     return make
+
+
+# -- plausibility: a bad backup after a good one ----------------------------------------------
+
+GOOD_UPLOADS = typed_uploads(30)
+NGINX = b"server {\n  listen 443 ssl;\n  root /srv/app/public;\n}\n"
+CONFIG_FILES = {
+    "srv/app/.env.production": ENV_FILE,
+    "srv/app/docker-compose.yml": COMPOSE,
+    "srv/app/nginx/site.conf": NGINX,
+}
+
+
+def openssl_encrypt(data: bytes) -> bytes:
+    """`openssl enc -aes-256-cbc` of `data`: what ransomware leaves in place of a file."""
+    argv = ["openssl", "enc", "-aes-256-cbc", "-pbkdf2", "-salt", "-pass", "pass:ransom"]
+    return subprocess.run(argv, input=data, capture_output=True, check=True, timeout=30).stdout
+
+
+def drill_once(ctx, sections: str, kind: str, env: dict[str, str] | None = None) -> None:
+    """A passing `drill run` over the backups stored so far: the history a monthly drill leaves
+    in the report directory the row's own run then uses."""
+    url = ctx.storage.url
+    s3 = url.startswith("s3")
+    config = write_drill_toml(
+        ctx.tmp_path, url, sections, endpoint_url=ctx.s3.endpoint_url if s3 else None
+    )
+    credentials = {
+        "AWS_ACCESS_KEY_ID": ctx.s3.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": ctx.s3.secret_access_key,
+        "AWS_DEFAULT_REGION": ctx.s3.region,
+    }
+    outcome = run_drill(config, kind, env={**os.environ, **credentials, **(env or {})})
+    assert outcome.drill(kind)["verdict"] == "pass", outcome.output[-3000:]
+
+
+def _encrypt_some(files: dict[str, bytes], paths: list[str], rename: str) -> dict[str, bytes]:
+    changed = dict(files)
+    for path in paths:
+        changed[path + rename] = openssl_encrypt(changed.pop(path))
+    return changed
+
+
+def encrypted_uploads(*, count: int, rename: str = "", history: bool = False):
+    """A good snapshot of 30 uploads (drilled once when `history`), then a newer one in which
+    `count` of them are encrypted in place (and renamed `x.jpg` -> `x.jpg<rename>`)."""
+
+    def make(ctx) -> Case:
+        put_files_snapshot(ctx.storage, GOOD_UPLOADS, age=timedelta(hours=2))
+        if history:
+            drill_once(ctx, FILES, "files")
+        victims = list(GOOD_UPLOADS)[:count]
+        put_files_snapshot(ctx.storage, _encrypt_some(GOOD_UPLOADS, victims, rename))
+        return Case(FILES)
+
+    return make
+
+
+def encrypted_renamed_at_random(ctx) -> Case:
+    """A good snapshot, then one in which 20 of the 30 uploads were encrypted and renamed to
+    random names with one new extension (`3f9a1c....crypt`), no longer matching their old ones."""
+    put_files_snapshot(ctx.storage, GOOD_UPLOADS, age=timedelta(hours=2))
+    newer = dict(GOOD_UPLOADS)
+    for path in list(GOOD_UPLOADS)[:20]:
+        newer[f"{hashlib.sha256(path.encode()).hexdigest()[:16]}.crypt"] = openssl_encrypt(
+            newer.pop(path)
+        )
+    put_files_snapshot(ctx.storage, newer)
+    return Case(FILES)
+
+
+def encrypted_gradually(ctx) -> Case:
+    """A drilled good snapshot, then two undrilled ones, each with 6 more of the 30 uploads
+    encrypted: under the threshold against the snapshot before, over it since the drill."""
+    put_files_snapshot(ctx.storage, GOOD_UPLOADS, age=timedelta(hours=3))
+    drill_once(ctx, FILES, "files")
+    paths = list(GOOD_UPLOADS)
+    day_one = _encrypt_some(GOOD_UPLOADS, paths[:6], "")
+    put_files_snapshot(ctx.storage, day_one, age=timedelta(hours=2))
+    put_files_snapshot(ctx.storage, _encrypt_some(day_one, paths[6:12], ""))
+    return Case(FILES)
+
+
+def emptied_uploads(ctx) -> Case:
+    """A good snapshot, then one of an uploads directory whose volume was not mounted: only the
+    placeholder file underneath."""
+    put_files_snapshot(ctx.storage, GOOD_UPLOADS, age=timedelta(hours=2))
+    put_files_snapshot(ctx.storage, {".keep": b""})
+    return Case(FILES)
+
+
+def config_file_removed(ctx) -> Case:
+    """A good archive (no manifest: its file list is read by opening it), then a newer one
+    without the nginx site, a file no `required` names."""
+    put_config_archive(
+        ctx.storage,
+        CONFIG_FILES,
+        passphrase=PASSPHRASE,
+        age=timedelta(hours=2),
+        manifest=False,
+    )
+    fewer = {k: v for k, v in CONFIG_FILES.items() if not k.endswith("site.conf")}
+    put_config_archive(ctx.storage, fewer, passphrase=PASSPHRASE)
+    return Case(CONFIG, env={"DRILL_CONFIG_PASSPHRASE": PASSPHRASE})
 
 
 # -- storage ----------------------------------------------------------------------------------
@@ -723,6 +836,56 @@ FAULTS: list[Fault] = [
         "freshness",
         "newest backup within RPO",
         stale,
+    ),
+    # plausibility of uploads and config: a backup that restores cleanly, after a good one,
+    # of an estate that was emptied, encrypted or lost a file
+    Fault(
+        "uploads mass-encrypted in place",
+        "files",
+        "openssl enc -aes-256-cbc on 20 of 30 uploads in a newer snapshot, after a passing drill",
+        "files",
+        "uploads look encrypted: 20 of the 30 files before",
+        encrypted_uploads(count=20, history=True),
+    ),
+    Fault(
+        "uploads encrypted and renamed",
+        "files",
+        "20 of 30 uploads encrypted and renamed x.jpg -> x.jpg.locked in a newer snapshot",
+        "files",
+        "renamed to *.locked",
+        encrypted_uploads(count=20, rename=".locked"),
+    ),
+    Fault(
+        "uploads encrypted under random names",
+        "files",
+        "20 of 30 uploads encrypted and renamed to <random>.crypt in a newer snapshot",
+        "files",
+        "20 removed files replaced by header-less files of new classes (.crypt 20)",
+        encrypted_renamed_at_random,
+    ),
+    Fault(
+        "uploads encrypted over two snapshots",
+        "files",
+        "6 more of 30 uploads encrypted in each of two snapshots after a passing drill",
+        "files",
+        "plausible against the last passing drill: uploads look encrypted",
+        encrypted_gradually,
+    ),
+    Fault(
+        "uploads snapshot emptied",
+        "files",
+        "newest snapshot holds only .keep, the one before 30 uploads",
+        "files",
+        "the file count dropped from 30 to 1",
+        emptied_uploads,
+    ),
+    Fault(
+        "a config file removed",
+        "config",
+        "nginx/site.conf left out of the newest archive (not required)",
+        "config",
+        "config files gone from config/config_",
+        config_file_removed,
     ),
 ]
 
