@@ -30,7 +30,7 @@ from drills.restore import restore_database
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import open_storage
 from drills.walfile import SEGMENT, format_lsn, segment_name
-from fixtures.estate_backups import run_drill, write_drill_toml
+from fixtures.estate_backups import drill_cli, run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +50,7 @@ S3_ENV = {
 def _drill_cli(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "drills.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
+    return drill_cli(*args, env=env, timeout=timeout, stdin=None)
 
 
 class Production:

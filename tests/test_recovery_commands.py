@@ -25,6 +25,7 @@ import pytest
 from fixtures.estate_backups import (
     DB,
     Dump,
+    drill_cli,
     put_config_archive,
     put_database_dump,
     put_files_snapshot,
@@ -90,15 +91,7 @@ def dsn(pg, dbname: str = DB) -> str:
 
 def drill(cwd: Path, *args: str, pg=None, stdin=subprocess.DEVNULL, timeout: float = 240):
     env = {**os.environ, **({"PGPASSWORD": pg.password} if pg else {})}
-    return subprocess.run(
-        [sys.executable, "-m", "drills.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-        stdin=stdin,
-    )
+    return drill_cli(*args, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
 
 
 def drill_at_terminal(cwd: Path, *args: str, pg, typed: str, timeout: float = 240):

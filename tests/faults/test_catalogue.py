@@ -22,6 +22,7 @@ from drills.runtime import labels
 from drills.storage import LocalStorage
 from fixtures.estate_backups import run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
+from tests.tables import published
 
 from .catalogue import FAULTS, Case, Fault, catalogue_markdown, wait_until
 from .s3_proxy import FaultyS3Proxy
@@ -179,16 +180,4 @@ def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client):
         assert fault.absent.lower() not in row["cause"].lower(), row["cause"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def print_catalogue(request):
-    yield
-    if not RESULTS:
-        return
-    table = catalogue_markdown(RESULTS)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_sep("=", "fault catalogue")
-        reporter.write_line(table)
-    out = ROOT / "reports" / "fault-catalogue.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(table)
+print_catalogue = published(RESULTS, catalogue_markdown, "fault catalogue", "fault-catalogue.md")
