@@ -5,4 +5,5 @@ pytest_plugins = [
     "fixtures.storage",
     "fixtures.drills",
     "fixtures.estate_backups",
+    "fixtures.shapes",
 ]
