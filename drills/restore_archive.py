@@ -47,6 +47,7 @@ from drills.storage import Storage
 WORKDIR = "/var/lib/postgresql/restore"
 TOC_SECONDS = 300
 _TOC_SEPARATOR = "-- drill: end of the table of contents --"
+_BLOB = re.compile(r"^\d+; \d+ \d+ BLOB - (\d+) ", re.MULTILINE)
 _DATA_FILE = re.compile(r"/(?P<id>\d+)\.dat(?:\.\w+)?\b")
 
 
@@ -96,6 +97,9 @@ def read_toc(pg: PostgresContainer, backup: Backup, path: str, timeout: float) -
     scan = DumpScan()
     scan.feed(schema.encode())
     scan.end()
+    # Large objects are TOC entries of their own that a schema-only script leaves out.
+    for oid in _BLOB.findall(listing):
+        scan.inventory[("large object", oid)] += 1
     scan.entries = data_entries(listing)
     for entry in scan.entries:
         table = resolve_table(entry, scan.table_names)
