@@ -65,6 +65,7 @@ ANALYZE;
 """
 # Production's shape: an application role owns the tables, a reporting role may read them.
 # The restore target has neither; the grants come last in a dump, after all the data.
+ROLES = ("drishti_app", "drishti_reporting")
 _ROLES = """
 CREATE ROLE drishti_app NOLOGIN;
 CREATE ROLE drishti_reporting NOLOGIN;

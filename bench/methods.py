@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.estate import DATABASE, EstateDumps
+from bench.estate import DATABASE, ROLES, EstateDumps
 from drills import catalog
 from drills.restore import analyze_database, jobs, restore_database
 from drills.runtime.labels import RunSession
@@ -108,9 +108,14 @@ def _container_cpu(pg: PostgresContainer | None) -> float | None:
 
 
 def _target(image: str, session: RunSession, tuning: str) -> PostgresContainer:
+    """A server for a raw tool, with the estate's roles made beforehand (untimed), as an
+    operator restoring by hand first runs `pg_dumpall --roles-only`; the drill finds and
+    creates them itself, inside its measured restore."""
     pg = start_postgres(image, session, tuning=tuning, user="postgres", timeout=120)
     with pg.connect(autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {DATABASE}")
+        for role in ROLES:
+            conn.execute(f"CREATE ROLE {role} NOLOGIN")
     return pg
 
 

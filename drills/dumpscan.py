@@ -256,6 +256,7 @@ class DumpScan:
         self.copy_table: str | None = None
         """The table whose COPY data the stream is inside, None between data blocks."""
         self._carry = b""
+        self._tail = b""  # the last bytes of COPY data passed on, to find a split end marker
         self._after_complete = False
         self._pending: tuple[str, str] | None = None  # a header whose kind the SQL decides
         self._table: str | None = None  # the table whose CREATE TABLE is being read
@@ -272,6 +273,27 @@ class DumpScan:
         roles they refer to first are in `new_roles`."""
         self.bytes += len(data)
         self.new_roles = set()
+        if self.copy_table is None or self._carry:
+            return self._lines(data)
+        # Inside COPY data (nearly every byte of a dump) the chunk goes on as it is: only
+        # the end marker is looked for, across the chunk boundary too.
+        joint = self._tail + data[: len(_COPY_END) - 1]
+        found = joint.find(_COPY_END)
+        if found >= 0:
+            end = found + len(_COPY_END) - len(self._tail)
+        else:
+            found = data.find(_COPY_END)
+            end = found + len(_COPY_END) if found >= 0 else -1
+        if end < 0:
+            self._tail = (self._tail + data[-(len(_COPY_END) - 1) :])[-(len(_COPY_END) - 1) :]
+            return data
+        self.copy_table = None
+        rest = self._lines(data[end:])
+        return b"".join((memoryview(data)[:end], rest))
+
+    def _lines(self, data: bytes) -> bytes | memoryview:
+        """Read lines (and any COPY data that starts among them) from the held-back part of
+        a line and `data`; return what may go on."""
         buffer = self._carry + data if self._carry else data
         position = 0
         end = len(buffer)
@@ -290,9 +312,8 @@ class DumpScan:
                 edits.append((position, newline, replacement))
             position = newline + 1
         if self.copy_table is not None:
-            # Inside COPY data only the end marker matters: hold back the last bytes read (the
-            # COPY line's own newline among them) to see a marker split across chunks.
-            cut = max(len(buffer) - (len(_COPY_END) - 1), edits[-1][1] + 1 if edits else 0)
+            cut = len(buffer)  # COPY data goes on; its last bytes are kept to find the marker
+            self._tail = buffer[-(len(_COPY_END) - 1) :]
         else:
             cut = position
         self._carry = buffer[cut:]

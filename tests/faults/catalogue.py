@@ -454,11 +454,14 @@ def hanging_restore(ctx) -> Case:
 
 
 def refuses_connections(ctx) -> Case:
-    """The dump itself turns connections off: the restored database refuses them."""
-    # A superuser passes every connection limit, but not a database closed to connections.
-    closing = f"\\connect postgres\nALTER DATABASE {DB} ALLOW_CONNECTIONS false;".encode()
-    sql = _with_sql(ctx.dumps["plain"], closing, "end")
-    _put_dump(ctx, _gz(sql))
+    """The dump changes the password of the role the drill connects as (a script that
+    carries role settings): the restored database then refuses the drill's connections."""
+    # A dump cannot close its own database to connections any more: the restore keeps it in
+    # the database it created (\\connect is not passed on). A role's password it can change.
+    changing = b"ALTER ROLE CURRENT_USER PASSWORD 'set-by-the-dump';\n"
+    sql = ctx.dumps["plain"]
+    marker = sql.rindex(b"--\n-- PostgreSQL database dump complete")
+    _put_dump(ctx, _gz(sql[:marker] + changing + sql[marker:]))
     return Case(DATABASE)
 
 
@@ -780,7 +783,7 @@ FAULTS: list[Fault] = [
     Fault(
         "the database refuses connections",
         "runtime",
-        "dump ends with ALLOW_CONNECTIONS false",
+        "dump sets a new password for the drill's role",
         "database",
         "refuses connections",
         refuses_connections,
