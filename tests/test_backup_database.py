@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from drills.backup import Destination, backup_database
-from drills.backup.common import prune, stamp
 from drills.catalog import latest, list_backups
 from drills.errors import DrillError
 from drills.estate import APP_DIR, run_sql_file
@@ -191,51 +190,6 @@ def test_seed_runbook_dumps_are_listed_with_the_time_in_their_name(
         assert backup.taken_at == datetime(2025, 1, 15, 2, 0, tzinfo=UTC)
         assert (backup.database, backup.compression) == (DB, "gzip")
     assert b"COPY public.users" in gzip.decompress(path.read_bytes())
-
-
-def test_retention_prunes_old_local_backups_but_never_recent_ones(pg, tmp_path: Path):
-    local = tmp_path / "local" / "database"
-    local.mkdir(parents=True)
-    now = datetime.now(UTC)
-    names = {age: f"{DB}_{stamp(now - timedelta(days=age))}.sql.gz" for age in (90, 45, 29)}
-    for name in names.values():
-        (local / name).write_bytes(b"old")
-        (local / f"{name}.manifest.json").write_text("{}")
-    other = local / f"inventory_{stamp(now - timedelta(days=90))}.sql.gz"
-    other.write_bytes(b"another database's")
-    (local / "notes.txt").write_text("not a backup")
-    leftover = local / f"{DB}_{stamp(now - timedelta(days=2))}.sql.gz.partial"
-    running = local / f"{DB}_{stamp(now - timedelta(hours=1))}.sql.gz.partial"
-    for partial in (leftover, running):
-        partial.write_bytes(b"a killed run's")
-    dest = Destination("database/", local_dir=tmp_path / "local", retention_days=30)
-
-    result = backup_database(dest, DB, dsn=pg.dsn(DB))
-
-    assert set(result.pruned) == {names[90], names[45]}
-    assert sorted(p.name for p in local.iterdir()) == sorted(
-        [
-            names[29],
-            f"{names[29]}.manifest.json",
-            result.local_path.name,
-            f"{result.local_path.name}.manifest.json",
-            other.name,
-            "notes.txt",
-            running.name,  # may be another run's, still going
-        ]
-    )
-
-
-def test_prune_never_removes_the_newest_however_old(tmp_path: Path):
-    now = datetime.now(UTC)
-    names = [f"{DB}_{stamp(now - timedelta(days=days))}.sql.gz" for days in (400, 300, 200)]
-    for name in names:
-        (tmp_path / name).write_bytes(b"x")
-
-    removed = prune(tmp_path, lambda n: n[len(DB) + 1 : -len(".sql.gz")], 30, now)
-
-    assert sorted(removed) == sorted(names[:2])
-    assert [p.name for p in tmp_path.iterdir()] == [names[2]]
 
 
 def test_full_disk_removes_the_partial_and_keeps_earlier_backups(pg, small_disk: Path):
