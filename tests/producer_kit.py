@@ -30,15 +30,43 @@ ROOT = Path(__file__).resolve().parents[1]
 DB = "drishti"
 
 
+ARCHIVE_COMMAND = "test ! -f /archive/%f && cp %p /archive/%f.tmp && mv /archive/%f.tmp /archive/%f"
+
+
 @contextlib.contextmanager
 def production(
-    run_session, postgres_image: str, *, scale: str = "1", sql: tuple[str, ...] = ()
+    run_session,
+    postgres_image: str,
+    *,
+    scale: str = "1",
+    sql: tuple[str, ...] = (),
+    archive: Path | None = None,
 ) -> Iterator:
-    """A "production" Postgres 15: the sample app's schema and data at `scale`, then `sql`."""
-    from drills.runtime.postgres import start_postgres
+    """A "production" Postgres 15: the sample app's schema and data at `scale`, then `sql`.
 
-    server = start_postgres(postgres_image, run_session, dbname=DB)
+    With `archive`, it archives its WAL into that host directory and lets replication
+    connections in, as a server set up for point-in-time recovery (docs/pitr.md) does.
+    """
+    from drills.runtime.postgres import PostgresContainer, start_postgres
+
+    if archive is None:
+        server = start_postgres(postgres_image, run_session, dbname=DB)
+    else:
+        archive.chmod(0o777)  # the server's own user writes there
+        settings = {
+            "wal_level": "replica",
+            "archive_mode": "on",
+            "archive_command": ARCHIVE_COMMAND,
+        }
+        server = PostgresContainer(postgres_image, run_session, dbname=DB, settings=settings)
+        server.with_volume_mapping(str(archive), "/archive", "rw")
+        server.on_network(None)
+        server.start_ready()
     try:
+        if archive is not None:
+            hba = 'echo "host replication all all scram-sha-256" >> "$PGDATA/pg_hba.conf"'
+            assert server.run(["sh", "-c", hba]).returncode == 0
+            sql = ("SELECT pg_reload_conf()", *sql)
         run_sql_file(server, APP_DIR / "schema.sql", DB)
         run_sql_file(server, APP_DIR / "seed.sql", DB, scale=scale)
         with server.connect(DB, autocommit=True) as conn:
