@@ -27,6 +27,7 @@ from drills.s3server import EmbeddedS3
 from drills.storage import LocalStorage
 from drills.storage_s3 import S3Storage
 from fixtures.storage import s3_storage_on
+from tests.producer_kit import pg_env, s3_env
 
 DB = "drishti"
 NAME = re.compile(rf"^database/{DB}_\d{{8}}_\d{{6}}\.sql\.gz$")
@@ -286,3 +287,32 @@ def test_cli_missing_config_file_exits_2(tmp_path: Path):
 
     assert done.returncode == 2
     assert done.stderr == f"drill: {tmp_path / 'nope.toml'}: no such configuration file\n"
+
+
+def test_a_large_upload_prints_no_connection_pool_warnings(
+    pg, embedded_s3: EmbeddedS3, s3_bucket: S3Storage, tmp_path: Path
+):
+    """Several multipart files at once (a directory dump of four big tables): every
+    connection the uploads open fits the client's pool, so none is dropped with a warning."""
+    with pg.connect(autocommit=True) as conn:
+        conn.execute("CREATE DATABASE large")
+    with pg.connect("large", autocommit=True) as conn:
+        for n in range(4):
+            conn.execute(
+                f"CREATE TABLE big{n} AS SELECT g AS id, md5((g + {n})::text)"
+                " || md5((g * 7)::text) || md5((g * 13)::text) AS pad"
+                " FROM generate_series(1, 500000) g"
+            )
+    config = _config(
+        tmp_path,
+        f'[storage]\nurl = "{s3_bucket.url}"\nendpoint_url = "{embedded_s3.endpoint_url}"\n'
+        '[database]\nname = "large"\nformat = "directory"\n',
+    )
+    env = {**pg_env(pg), **s3_env(embedded_s3)}
+
+    done = _drill("backup", "database", "--config", str(config), env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    [backup] = list_backups(s3_bucket, "database")
+    assert sum(1 for f in backup.manifest.files if f.size > 8 * 1024 * 1024) == 4
