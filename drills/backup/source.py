@@ -218,6 +218,8 @@ class Snapshot:
                     counts.append(TableCount(f"{schema}.{table}", int(estimate), False))
         except psycopg.errors.LockNotAvailable:
             raise lock_wait(self.target, self.bounds, "counting rows") from None
+        except psycopg.errors.QueryCanceled:  # statement_timeout: [runtime] step_timeout
+            raise slow_query(self.target, self.bounds, "counting rows") from None
         except psycopg.Error as exc:
             raise DrillError(f"{self.target.label}: cannot count rows: {one_line(exc)}") from None
         return tuple(counts)
@@ -230,6 +232,16 @@ def lock_wait(target: Target, bounds: Bounds, doing: str, table: str | None = No
     return DrillError(
         f"{target.label}: gave up {doing} after waiting {bounds.lock_timeout:g} s for a "
         f"lock{blocked}; no backup was kept (end that session, or raise [backup] lock_timeout)"
+    )
+
+
+def slow_query(target: Target, bounds: Bounds, doing: str) -> DrillError:
+    """The error of a query stopped by statement_timeout, naming any lock it waited on."""
+    who = target.blockers(bounds)
+    cause = f"waiting for a lock: {who}" if who else "the query itself was that slow"
+    return DrillError(
+        f"{target.label}: gave up {doing} after [runtime] step_timeout "
+        f"({bounds.statement_timeout:g} s), {cause}; no backup was kept"
     )
 
 
