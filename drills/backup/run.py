@@ -106,7 +106,7 @@ class Run:
                     raise StorageError(
                         f"{exc}; checked before the backup: nothing was made"
                     ) from None
-                log.warning("%s; making the local copy only", exc)
+                log.info("%s; making the local copy only", exc)
                 self.store_problem = str(exc)
                 self.home = self._local_store()
                 self.lock = StoreLock(self.home, self.series.lock_key, self.run_id)
