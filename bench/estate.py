@@ -132,22 +132,9 @@ def ensure_dumps(
         return cached
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    image = images.ensure_postgres_image(client, 15)
-    # Generation is not measured: the fast, crash-unsafe tuning is fine here.
-    pg = start_postgres(image, session, tuning="restore", user="postgres", dbname=DATABASE)
+    pg = start_estate_server(client, session)
     try:
-        started = time.monotonic()
-        run_sql_file(pg, APP_DIR / "schema.sql", DATABASE)
-        sql = _GENERATE.replace(":users", str(int(USERS_PER_SCALE * scale)))
-        sql = sql.replace(":transactions", str(int(TRANSACTIONS_PER_SCALE * scale)))
-        _run_sql(pg, sql + _ROLES)
-        with pg.connect(DATABASE) as conn:
-            size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
-            rows = {
-                table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-                for table in ("users", "transactions", "audit_logs")
-            }
-        log(f"estate at scale {scale:g}: {size / 1e9:.2f} GB in {time.monotonic() - started:.0f} s")
+        size, rows = generate(pg, scale, log)
         estate = EstateDumps(scale, root, size, rows)
         for variant, (fmt, compression) in VARIANTS.items():
             store = root / variant
@@ -168,6 +155,30 @@ def ensure_dumps(
         return estate
     finally:
         pg.stop()
+
+
+def start_estate_server(client: docker.DockerClient, session: RunSession) -> PostgresContainer:
+    """A Postgres 15 container for the estate (crash-unsafe tuning: generation is not
+    measured, and dumps read the same whatever the durability settings)."""
+    image = images.ensure_postgres_image(client, 15)
+    return start_postgres(image, session, tuning="restore", user="postgres", dbname=DATABASE)
+
+
+def generate(pg: PostgresContainer, scale: float, log=print) -> tuple[int, dict[str, int]]:
+    """Fill the estate's database in `pg` at `scale`; its size in bytes and its row counts."""
+    started = time.monotonic()
+    run_sql_file(pg, APP_DIR / "schema.sql", DATABASE)
+    sql = _GENERATE.replace(":users", str(int(USERS_PER_SCALE * scale)))
+    sql = sql.replace(":transactions", str(int(TRANSACTIONS_PER_SCALE * scale)))
+    _run_sql(pg, sql + _ROLES)
+    with pg.connect(DATABASE) as conn:
+        size = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+        rows = {
+            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in ("users", "transactions", "audit_logs")
+        }
+    log(f"estate at scale {scale:g}: {size / 1e9:.2f} GB in {time.monotonic() - started:.0f} s")
+    return size, rows
 
 
 def _run_sql(pg: PostgresContainer, sql: str) -> None:

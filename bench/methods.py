@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,15 @@ from drills.storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 4 * 3600
+
+
+def rotations(methods: Sequence, reps: int) -> Iterator[tuple[int, object]]:
+    """(repetition, method) for every method `reps` times, the order rotated each
+    repetition, so that no method always runs first on a cold cache or a fresh machine."""
+    for rep in range(reps):
+        shift = rep % len(methods)
+        for method in [*methods[shift:], *methods[:shift]]:
+            yield rep, method
 
 
 @dataclass

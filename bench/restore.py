@@ -24,7 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.estate import VARIANTS, EstateDumps, ensure_dumps
-from bench.methods import DEFAULT_METHODS, METHODS, Measurement, in_process_rss_mb, stop_s3
+from bench.methods import (
+    DEFAULT_METHODS,
+    METHODS,
+    Measurement,
+    in_process_rss_mb,
+    rotations,
+    stop_s3,
+)
 from bench.plot import series_of, time_against_size
 from drills.restore import jobs
 from drills.runtime import engine, images, labels
@@ -91,19 +98,17 @@ def _parser() -> argparse.ArgumentParser:
 def _measure(methods, reps: int, session, image: str, dumps: EstateDumps) -> dict:
     """Every method `reps` times, the order rotated each repetition."""
     runs: dict[str, list[Measurement]] = {m.name: [] for m in methods}
-    for rep in range(reps):
-        order = methods[rep % len(methods) :] + methods[: rep % len(methods)]
-        for method in order:
-            load = os.getloadavg()[0]
-            measurement = method.run(session, image, dumps)
-            measurement.extra["load_before"] = round(load, 2)
-            runs[method.name].append(measurement)
-            print(
-                f"  scale {dumps.scale:g} rep {rep + 1}/{reps} {method.name}: "
-                f"{measurement.seconds:.2f} s (load {load:.2f})",
-                file=sys.stderr,
-                flush=True,
-            )
+    for rep, method in rotations(methods, reps):
+        load = os.getloadavg()[0]
+        measurement = method.run(session, image, dumps)
+        measurement.extra["load_before"] = round(load, 2)
+        runs[method.name].append(measurement)
+        print(
+            f"  scale {dumps.scale:g} rep {rep + 1}/{reps} {method.name}: "
+            f"{measurement.seconds:.2f} s (load {load:.2f})",
+            file=sys.stderr,
+            flush=True,
+        )
     return runs
 
 

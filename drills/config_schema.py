@@ -425,10 +425,28 @@ class RecoverySettings:
 
 @dataclass(frozen=True)
 class BackupSettings:
-    """[backup]: the producers' local side."""
+    """[backup]: the producers: local copies, staging, retention, bounds."""
 
     local_dir: str | None = knob(None, "Where producers keep local copies; unset: storage only.")
-    retention_days: int = knob(30, "Days a backup is kept.", check=_positive)
+    staging_dir: str | None = knob(
+        None,
+        "Where a backup is built when there is no local_dir; unset: $TMPDIR, else /tmp "
+        "(often a RAM-backed tmpfs: a dump may not fit).",
+    )
+    prune: bool = knob(
+        False,
+        "Remove this producer's own backups of this estate older than retention_days, in the "
+        "storage and local_dir, after a new good backup is stored; off: nothing is removed.",
+    )
+    retention_days: int = knob(30, "Days a backup is kept when prune is on.", check=_positive)
+    keep_min: int = knob(
+        7, "Good backups pruning always keeps per series, whatever their age.", check=_positive
+    )
+    lock_timeout: float = knob(
+        5 * MINUTE,
+        "How long the database producer's queries and pg_dump wait for a table lock before "
+        "failing with the blocking session named.",
+    )
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +41,16 @@ class ObjectInfo:
     size: int
     modified: datetime
     storage_class: str | None = None
+    etag: str | None = None
+    """The S3 ETag without quotes (the MD5 of a single-part upload); None for local files."""
+
+
+class ObjectExists(StorageError):
+    """A conditional create found the object there already."""
+
+
+class ObjectChanged(StorageError):
+    """A conditional replace or delete found the object changed (or gone) since it was read."""
 
 
 @runtime_checkable
@@ -74,6 +86,27 @@ class Storage(Protocol):
 
     def check(self) -> None:
         """Raise StorageError if the storage is unreachable, missing or denied."""
+        ...
+
+    def create(self, key: str, data: bytes) -> str:
+        """Store `data` under `key` only if no object is there (else ObjectExists); its tag."""
+        ...
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The whole object and the tag that `replace` and `delete` compare against."""
+        ...
+
+    def replace(self, key: str, data: bytes, tag: str) -> str:
+        """Store `data` under `key` only if the object still has `tag` (else ObjectChanged)."""
+        ...
+
+    def delete(self, key: str, tag: str | None = None) -> None:
+        """Remove the object; with `tag`, only if it still has it (else ObjectChanged). A
+        missing object is not an error."""
+        ...
+
+    def delete_all(self, keys: list[str]) -> None:
+        """Remove every object in `keys` (in batches where the store has them)."""
         ...
 
 
@@ -191,6 +224,91 @@ class LocalStorage:
         """Write `data` to `key` atomically, mode 0o600."""
         self._write_atomic(key, lambda out: out.write(data))
 
+    def create(self, key: str, data: bytes) -> str:
+        """Write `data` to `key` unless a file is there: a hard link never replaces one."""
+        target = self._path(key)
+        tmp = self._temp_file(key, lambda out: out.write(data))
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise ObjectExists(f"{self.url.rstrip('/')}/{key}: exists already") from None
+        except OSError as exc:
+            raise self._error(key, exc) from None
+        finally:
+            _discard(tmp)
+        return _tag(data)
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The file's bytes and their sha256 (the tag of a local object)."""
+        data = self.read_bytes(key)
+        return data, _tag(data)
+
+    def replace(self, key: str, data: bytes, tag: str) -> str:
+        """Swap in `data` if the file still holds the bytes tagged `tag`.
+
+        The current file is renamed away first (a rename succeeds for one writer only), then
+        checked; a file that changed meanwhile is put back and ObjectChanged raised.
+        """
+        old = self._take(key, tag)
+        if old is None:
+            raise ObjectChanged(f"{self.url.rstrip('/')}/{key}: gone since it was read")
+        try:
+            return self.create(key, data)
+        finally:
+            _discard(old)
+
+    def delete(self, key: str, tag: str | None = None) -> None:
+        """Remove the file (if it still holds the bytes tagged `tag`) and emptied directories."""
+        target = self._path(key)
+        if tag is not None:
+            old = self._take(key, tag)
+            if old is not None:
+                _discard(old)
+                self._prune_dirs(target.parent)
+            return
+        try:
+            target.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._error(key, exc) from None
+        self._prune_dirs(target.parent)
+
+    def delete_all(self, keys: list[str]) -> None:
+        """Delete every file in `keys`."""
+        for key in keys:
+            self.delete(key)
+
+    def _take(self, key: str, tag: str) -> str | None:
+        """Rename the file away if it holds the bytes tagged `tag`: its new path, None if there
+        is no file; ObjectChanged if it holds other bytes."""
+        target = self._path(key)
+        moved = str(target.with_name(f".{target.name}.{uuid.uuid4().hex}.old"))
+        where = f"{self.url.rstrip('/')}/{key}"
+        try:
+            os.rename(target, moved)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error(key, exc) from None
+        with open(moved, "rb") as stream:
+            found = _tag(stream.read())
+        if found != tag:
+            with contextlib.suppress(OSError):
+                os.link(moved, target)  # put it back, unless yet another writer is there
+            _discard(moved)
+            raise ObjectChanged(f"{where}: changed since it was read")
+        return moved
+
+    def _prune_dirs(self, directory: Path) -> None:
+        """Remove directories a deletion emptied, up to (never including) the root."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
     def check(self) -> None:
         """Raise StorageError unless the root is a readable directory."""
         if not self.root.exists():
@@ -207,6 +325,15 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     def _write_atomic(self, key: str, write: Callable[[BinaryIO], object]) -> None:
+        tmp = self._temp_file(key, write)
+        try:
+            os.replace(tmp, self._path(key))
+        except OSError as exc:
+            _discard(tmp)
+            raise self._error(key, exc) from None
+
+    def _temp_file(self, key: str, write: Callable[[BinaryIO], object]) -> str:
+        """A complete, synced temporary file (mode 600) beside `key`, for a rename or link."""
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,13 +346,13 @@ class LocalStorage:
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(tmp, 0o600)
-            os.replace(tmp, target)
         except OSError as exc:
             _discard(tmp)
             raise self._error(key, exc) from None
         except BaseException:
             _discard(tmp)
             raise
+        return tmp
 
     def _error(self, key: str, exc: OSError) -> StorageError:
         where = f"{self.url.rstrip('/')}/{key}"
@@ -250,3 +377,7 @@ class LocalStorage:
 def _discard(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _tag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Iterator
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import boto3
@@ -21,17 +22,36 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from drills.errors import StorageError
-from drills.storage import ObjectInfo
+from drills.storage import ObjectChanged, ObjectExists, ObjectInfo
 
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
 MAX_ATTEMPTS = 5
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+# Parts of one file sent at once; producers upload up to 8 files at once, so the pool holds
+# every connection they can open (a smaller pool drops and reopens them, with a warning each).
+TRANSFER_CONCURRENCY = 4
+POOL_CONNECTIONS = 48
+DELETE_BATCH = 1000
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_UNREACHABLE = (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError)
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_UNREACHABLE = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An incomplete multipart upload: created, never completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 class S3Storage:
@@ -95,6 +115,7 @@ class S3Storage:
                         size=int(obj["Size"]),
                         modified=obj["LastModified"].astimezone(UTC),
                         storage_class=obj.get("StorageClass"),
+                        etag=str(obj.get("ETag", "")).strip('"') or None,
                     )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(exc) from None
@@ -130,7 +151,9 @@ class S3Storage:
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         """Upload a file with boto3's managed transfer (multipart above 8 MiB)."""
         config = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_THRESHOLD,
+            max_concurrency=TRANSFER_CONCURRENCY,
         )
         try:
             self.client.upload_file(
@@ -167,6 +190,117 @@ class S3Storage:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(exc) from None
 
+    def create(self, key: str, data: bytes) -> str:
+        """PUT with ``If-None-Match: *``: stored only if no object is there, else ObjectExists.
+
+        The store must honour conditional writes (AWS S3 and MinIO do).
+        """
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*",
+                **self._extra(),
+            )  # fmt: skip
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _CONDITION_FAILED or _status(exc) in (409, 412):
+                raise ObjectExists(f"{self._where(key)}: exists already") from None
+            raise self._error(exc, key) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, key) from None
+        return str(response.get("ETag", "")).strip('"')
+
+    def read_tagged(self, key: str) -> tuple[bytes, str]:
+        """The whole object and its ETag."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            return response["Body"].read(), str(response.get("ETag", "")).strip('"')
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, key) from None
+
+    def replace(self, key: str, data: bytes, tag: str) -> str:
+        """PUT with ``If-Match: <tag>``: ObjectChanged if another writer changed it."""
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, IfMatch=f'"{tag}"',
+                **self._extra(),
+            )  # fmt: skip
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _CONDITION_FAILED | _NOT_FOUND or _status(exc) in (404, 409, 412):
+                raise ObjectChanged(f"{self._where(key)}: changed since it was read") from None
+            raise self._error(exc, key) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, key) from None
+        return str(response.get("ETag", "")).strip('"')
+
+    def delete(self, key: str, tag: str | None = None) -> None:
+        """DELETE the object, with ``If-Match: <tag>`` when given (ObjectChanged if it
+        changed); a missing object is not an error."""
+        extra = {"IfMatch": f'"{tag}"'} if tag else {}
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _NOT_FOUND or _status(exc) == 404:
+                return
+            if _code(exc) in _CONDITION_FAILED or _status(exc) in (409, 412):
+                raise ObjectChanged(f"{self._where(key)}: changed since it was read") from None
+            raise self._error(exc, key) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def delete_all(self, keys: list[str]) -> None:
+        """Delete many objects, a thousand per request; StorageError naming the first failure."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            request = {"Objects": [{"Key": self.prefix + k} for k in batch], "Quiet": True}
+            try:
+                response = self.client.delete_objects(Bucket=self.bucket, Delete=request)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                raise self._error(exc, batch[0]) from None
+            for error in response.get("Errors", ()):
+                key = str(error.get("Key", ""))[len(self.prefix) :]
+                raise StorageError(
+                    f"{self._where(key)}: not deleted ({error.get('Code')}: {error.get('Message')})"
+                )
+
+    def list_uploads(self, prefix: str = "") -> list[Upload]:
+        """Incomplete multipart uploads whose key starts with `prefix`."""
+        found = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Uploads", ()):
+                    key = item["Key"][len(self.prefix) :]
+                    found.append(Upload(key, item["UploadId"], item["Initiated"].astimezone(UTC)))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, prefix or None) from None
+        return found
+
+    def upload_bytes(self, upload: Upload) -> int:
+        """How many bytes the parts of an incomplete upload hold (what the store bills)."""
+        total = 0
+        paginator = self.client.get_paginator("list_parts")
+        try:
+            pages = paginator.paginate(
+                Bucket=self.bucket, Key=self.prefix + upload.key, UploadId=upload.upload_id
+            )
+            for page in pages:
+                total += sum(int(part["Size"]) for part in page.get("Parts", ()))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, upload.key) from None
+        return total
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Abort an incomplete multipart upload; its parts are freed."""
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.prefix + upload.key, UploadId=upload.upload_id
+            )
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return
+            raise self._error(exc, upload.key) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, upload.key) from None
+
     def _extra(self) -> dict[str, str]:
         return {"ServerSideEncryption": self.sse} if self.sse else {}
 
@@ -189,6 +323,7 @@ class S3Storage:
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            max_pool_connections=POOL_CONNECTIONS,
             **options,
         )
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
@@ -248,6 +383,8 @@ def _cause(exc: Exception, key: str | None) -> str:
         if "name or service not known" in detail or "nodename nor servname" in detail:
             return "storage unreachable (host name does not resolve)"
         return "storage unreachable (cannot connect)"
+    if isinstance(exc, botocore.exceptions.ConnectionClosedError):
+        return "storage unreachable (the connection closed before an answer)"
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return "no credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
     if isinstance(exc, botocore.exceptions.ConnectionError):

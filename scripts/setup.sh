@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Set up everything a drill or the tests need, idempotently and quickly when already done:
 # Debian packages (as root), the Python environment in .venv, a Docker engine, the images.
+# Usage: scripts/setup.sh [--shim [DIR]]
+#   --shim [DIR]  also put a `drill` command on PATH, in DIR (default /usr/local/bin), for
+#                 cron, systemd and people (scripts/install-shim.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+shim=""
+if [ "${1:-}" = "--shim" ]; then
+    shim="${2:-/usr/local/bin}"
+fi
+
 PYTHON="${PYTHON:-python3}"
-DEBIAN_PACKAGES=(docker.io debootstrap rsync gnupg zstd postgresql-client chromium)
+DEBIAN_PACKAGES=(docker.io debootstrap rsync gnupg zstd postgresql-client chromium logrotate)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -33,6 +41,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
+fi
+if [ -n "$shim" ]; then
+    scripts/install-shim.sh "$shim"
 fi
 
 scripts/docker-engine.sh

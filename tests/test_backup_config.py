@@ -214,4 +214,4 @@ def test_unreachable_storage_is_one_line_and_the_local_copy_is_kept(
     assert "\n" not in message
     assert "storage unreachable (connection refused)" in message
     [kept] = (tmp_path / "local" / "config").glob("config_*.tar.gz")
-    assert message.endswith(f"; local copy kept at {kept}")
+    assert message.endswith(f"; local copy kept at {kept} (the next run uploads it)")

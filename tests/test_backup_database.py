@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from drills.backup import Destination, backup_database
-from drills.backup.common import prune, stamp
 from drills.catalog import latest, list_backups
 from drills.errors import DrillError
 from drills.estate import APP_DIR, run_sql_file
@@ -28,6 +27,7 @@ from drills.s3server import EmbeddedS3
 from drills.storage import LocalStorage
 from drills.storage_s3 import S3Storage
 from fixtures.storage import s3_storage_on
+from tests.producer_kit import pg_env, s3_env
 
 DB = "drishti"
 NAME = re.compile(rf"^database/{DB}_\d{{8}}_\d{{6}}\.sql\.gz$")
@@ -193,51 +193,6 @@ def test_seed_runbook_dumps_are_listed_with_the_time_in_their_name(
     assert b"COPY public.users" in gzip.decompress(path.read_bytes())
 
 
-def test_retention_prunes_old_local_backups_but_never_recent_ones(pg, tmp_path: Path):
-    local = tmp_path / "local" / "database"
-    local.mkdir(parents=True)
-    now = datetime.now(UTC)
-    names = {age: f"{DB}_{stamp(now - timedelta(days=age))}.sql.gz" for age in (90, 45, 29)}
-    for name in names.values():
-        (local / name).write_bytes(b"old")
-        (local / f"{name}.manifest.json").write_text("{}")
-    other = local / f"inventory_{stamp(now - timedelta(days=90))}.sql.gz"
-    other.write_bytes(b"another database's")
-    (local / "notes.txt").write_text("not a backup")
-    leftover = local / f"{DB}_{stamp(now - timedelta(days=2))}.sql.gz.partial"
-    running = local / f"{DB}_{stamp(now - timedelta(hours=1))}.sql.gz.partial"
-    for partial in (leftover, running):
-        partial.write_bytes(b"a killed run's")
-    dest = Destination("database/", local_dir=tmp_path / "local", retention_days=30)
-
-    result = backup_database(dest, DB, dsn=pg.dsn(DB))
-
-    assert set(result.pruned) == {names[90], names[45]}
-    assert sorted(p.name for p in local.iterdir()) == sorted(
-        [
-            names[29],
-            f"{names[29]}.manifest.json",
-            result.local_path.name,
-            f"{result.local_path.name}.manifest.json",
-            other.name,
-            "notes.txt",
-            running.name,  # may be another run's, still going
-        ]
-    )
-
-
-def test_prune_never_removes_the_newest_however_old(tmp_path: Path):
-    now = datetime.now(UTC)
-    names = [f"{DB}_{stamp(now - timedelta(days=days))}.sql.gz" for days in (400, 300, 200)]
-    for name in names:
-        (tmp_path / name).write_bytes(b"x")
-
-    removed = prune(tmp_path, lambda n: n[len(DB) + 1 : -len(".sql.gz")], 30, now)
-
-    assert sorted(removed) == sorted(names[:2])
-    assert [p.name for p in tmp_path.iterdir()] == [names[2]]
-
-
 def test_full_disk_removes_the_partial_and_keeps_earlier_backups(pg, small_disk: Path):
     earlier = small_disk / "database" / f"{DB}_20250115_020000.sql.gz"
     earlier.parent.mkdir()
@@ -332,3 +287,32 @@ def test_cli_missing_config_file_exits_2(tmp_path: Path):
 
     assert done.returncode == 2
     assert done.stderr == f"drill: {tmp_path / 'nope.toml'}: no such configuration file\n"
+
+
+def test_a_large_upload_prints_no_connection_pool_warnings(
+    pg, embedded_s3: EmbeddedS3, s3_bucket: S3Storage, tmp_path: Path
+):
+    """Several multipart files at once (a directory dump of four big tables): every
+    connection the uploads open fits the client's pool, so none is dropped with a warning."""
+    with pg.connect(autocommit=True) as conn:
+        conn.execute("CREATE DATABASE large")
+    with pg.connect("large", autocommit=True) as conn:
+        for n in range(4):
+            conn.execute(
+                f"CREATE TABLE big{n} AS SELECT g AS id, md5((g + {n})::text)"
+                " || md5((g * 7)::text) || md5((g * 13)::text) AS pad"
+                " FROM generate_series(1, 500000) g"
+            )
+    config = _config(
+        tmp_path,
+        f'[storage]\nurl = "{s3_bucket.url}"\nendpoint_url = "{embedded_s3.endpoint_url}"\n'
+        '[database]\nname = "large"\nformat = "directory"\n',
+    )
+    env = {**pg_env(pg), **s3_env(embedded_s3)}
+
+    done = _drill("backup", "database", "--config", str(config), env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    [backup] = list_backups(s3_bucket, "database")
+    assert sum(1 for f in backup.manifest.files if f.size > 8 * 1024 * 1024) == 4

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -15,6 +16,7 @@ import pytest
 
 from drills.backup import Destination, backup_files, destination
 from drills.backup.common import stamp
+from drills.backup.marks import manifest_bytes, mark
 from drills.catalog import latest, list_backups
 from drills.config import load_config
 from drills.errors import DrillError
@@ -136,19 +138,33 @@ def test_file_storage_without_local_dir_keeps_snapshots_in_place(
     assert backup.manifest == result.manifest
 
 
-def test_old_snapshots_are_pruned_never_the_newest(uploads: Path, tmp_path: Path):
+def test_pruning_removes_only_our_old_snapshots_and_only_when_asked(uploads: Path, tmp_path: Path):
     files = tmp_path / "local" / "files"
     old = stamp(datetime.now(UTC) - timedelta(days=40))
-    (files / old / "avatars").mkdir(parents=True)
-    (files / old / "avatars" / "x.png").write_bytes(b"old")
-    (files / f"{old}.manifest.json").write_text("{}")
-    dest = Destination("files/", local_dir=tmp_path / "local", retention_days=30)
+    seed = stamp(datetime.now(UTC) - timedelta(days=50))
+    for snapshot in (old, seed):
+        (files / snapshot / "avatars").mkdir(parents=True)
+        (files / snapshot / "avatars" / "x.png").write_bytes(b"old")
+    ours = Manifest("files", datetime.now(UTC) - timedelta(days=40), datetime.now(UTC))
+    (files / f"{old}.manifest.json").write_bytes(
+        manifest_bytes(mark(ours, estate="estate", run={"id": "old"}))
+    )
+    dest = Destination("files/", local_dir=tmp_path / "local", retention_days=30, keep_min=1)
 
-    result = backup_files(dest, uploads)
+    kept = backup_files(dest, uploads)
+    result = backup_files(dataclasses.replace(dest, prune=True), uploads)
 
-    assert result.pruned == (old,)
-    assert sorted(p.name for p in files.iterdir()) == sorted(
-        ["current", result.local_path.name, f"{result.local_path.name}.manifest.json"]
+    assert kept.pruned == ()
+    assert result.pruned == (f"{(tmp_path / 'local').as_uri()}/files/{old}/",)
+    assert sorted(p.name for p in files.iterdir() if not p.name.startswith(".")) == sorted(
+        [
+            "current",
+            kept.local_path.name,
+            f"{kept.local_path.name}.manifest.json",
+            result.local_path.name,
+            f"{result.local_path.name}.manifest.json",
+            seed,  # the seed scripts' snapshot: no manifest of ours, never pruned
+        ]
     )
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from drills.backup.marks import manifest_bytes, mark
+from drills.manifest import Manifest
 
 
 def _seed(root: Path, kind_dir: str, name: str, age: timedelta) -> None:
@@ -83,3 +87,48 @@ def test_bad_config_exits_2(tmp_path):
     )
     assert result.returncode == 2
     assert "[targets.rpo] database" in result.stderr
+
+
+def test_no_configuration_at_all_is_one_line_and_exit_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRILL_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "drills.cli", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "drill: no drill.toml here and no $DRILL_CONFIG: [storage] url is not set: no backups "
+        "to report on (--config drill.toml, or DRILL_STORAGE_URL)\n"
+    )
+
+
+def test_a_suspect_newest_backup_is_not_ok(tmp_path):
+    """The manifests are written as the producer writes them (drills.backup.marks); the
+    producer's own run against an empty database is in test_backup_retention."""
+    backups = tmp_path / "backups" / "database"
+    backups.mkdir(parents=True)
+    for age, suspect in ((timedelta(hours=30), None), (timedelta(minutes=5), ["no tables"])):
+        started = datetime.now(UTC) - age
+        name = f"app_{started.strftime('%Y%m%d_%H%M%S')}.sql.gz"
+        (backups / name).write_bytes(gzip.compress(b"-- dump\n"))
+        manifest = mark(
+            Manifest("database", started, started, compression="gzip", database="app"),
+            estate="estate",
+            run={"id": "test"},
+            suspect=suspect,
+        )
+        (backups / f"{name}.manifest.json").write_bytes(manifest_bytes(manifest))
+    _seed(tmp_path / "backups", "config", "config_{stamp}.tar.gz", timedelta(days=1))
+
+    result = _status(tmp_path)
+    as_json = json.loads(_status(tmp_path, "--json").stdout)
+
+    assert result.returncode == 1
+    assert "SUSPECT" in result.stdout
+    assert "database: newest backup is SUSPECT: no tables" in result.stdout
+    assert as_json["kinds"]["database"]["suspect"] == ["no tables"]
+    assert as_json["kinds"]["config"]["suspect"] == []

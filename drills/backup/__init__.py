@@ -1,8 +1,11 @@
 """The producers behind `drill backup database|files|config`: small, boring, cron-ready.
 
 Each writes a backup plus its manifest under a final name only when every step succeeded,
-keeps a local copy (mode 600) when `[backup] local_dir` is set, uploads to the storage, and
-prunes local backups past the retention (never the newest).
+keeps a local copy (mode 600) when `[backup] local_dir` is set, and uploads it to the
+storage. Around that work `drills.backup.run` keeps the data safe: the storage checked
+first, one writer per series (a lock in the storage), leftovers of unfinished runs cleaned,
+every stored object verified, doubtful backups marked suspect, and pruning only when asked,
+only of this producer's own backups, never below `keep_min` good ones.
 
 Example::
 

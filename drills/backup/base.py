@@ -33,21 +33,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drills import __version__
-from drills.backup.common import (
-    STAMP,
-    BackupResult,
-    Destination,
-    atomic_path,
-    choose_time,
-    prune,
-    stamp,
-    upload,
-    utcnow,
-    write_manifest,
-)
+from drills.backup.common import BackupResult, Destination, atomic_path, utcnow
+from drills.backup.plausibility import size_causes
+from drills.backup.run import Run
+from drills.backup.series import Series
+from drills.backup.verify import file_digests
 from drills.config import redact_text
 from drills.errors import ConfigError, DrillError, EnvironmentProblem
-from drills.manifest import SUFFIX, FileEntry, Manifest, sha256_file
+from drills.manifest import FileEntry, Manifest
 from drills.walfile import format_lsn, lsn_segno, parse_lsn, segment_name
 
 CONNECT_TIMEOUT = "10"
@@ -62,7 +55,9 @@ SELECT current_setting('server_version'),
        current_setting('wal_level'),
        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
        (SELECT rolname FROM pg_roles WHERE oid = 10),
-       (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))
+       (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')),
+       current_user,
+       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
 """
 
 
@@ -77,6 +72,8 @@ class ServerFacts:
     segment_size: int
     superuser: str
     tablespaces: int
+    role: str = ""
+    replication: bool = True
 
 
 def backup_base(
@@ -101,10 +98,16 @@ def backup_base(
             f"{_where(params)}: archive_mode is off: without archived WAL a base backup cannot "
             "be recovered to a point in time (see docs/pitr.md)"
         )
+    if not facts.replication:
+        raise DrillError(
+            f"{_where(params)}: role {facts.role} has no REPLICATION attribute: "
+            "pg_basebackup would fail, so nothing was copied (ALTER ROLE ... REPLICATION)"
+        )
     tool, tool_version = _tool(facts.major, pg_basebackup)
-    with dest.workdir() as work:
-        started = choose_time(lambda ts: dest.taken(ts))
-        name = stamp(started)
+    with Run(dest, Series("base", dest.prefix)) as run, dest.workdir() as work:
+        run.check_space(work)
+        started = utcnow()
+        name = run.name(started, directory=True)
         final = work / name
         with atomic_path(final, directory=True) as partial:
             _run(tool, params, password, partial, name, fast_checkpoint, timeout)
@@ -112,11 +115,8 @@ def backup_base(
             server_ended_at = _server_now(params, password)
             wal = _wal_range(partial / PG_MANIFEST)
             sysid = _system_identifier(partial / BASE_TAR)
-            files = tuple(
-                FileEntry(p.name, p.stat().st_size, 0o600, sha256_file(p))
-                for p in sorted(partial.iterdir())
-                if p.is_file()
-            )
+            digests = {p.name: file_digests(p) for p in sorted(partial.iterdir()) if p.is_file()}
+            files = tuple(FileEntry(rel, d.bytes, 0o600, d.sha256) for rel, d in digests.items())
             for path in partial.iterdir():
                 path.chmod(0o600)
         seg = facts.segment_size
@@ -146,18 +146,9 @@ def backup_base(
                 "server_ended_at": server_ended_at.isoformat().replace("+00:00", "Z"),
             },
         )
-        write_manifest(work / f"{name}{SUFFIX}", manifest)
-        key = dest.key(f"{name}/")
-        uploaded, stored_at = upload(dest, key, final, manifest)
-        local = dest.local_copy(final)
-    pruned: tuple[str, ...] = ()
-    if dest.kind_dir is not None:
-        pruned = prune(dest.kind_dir, _stamp_of, dest.retention_days, utcnow())
-    return BackupResult("base", key, manifest, local, stored_at, uploaded, pruned=pruned)
-
-
-def _stamp_of(name: str) -> str | None:
-    return name if STAMP.fullmatch(name) else None
+        causes = size_causes(manifest.bytes or 0, run.previous())
+        etags = {rel: d.etag for rel, d in digests.items()}
+        return run.finish(final, run.mark(manifest, causes), etags)
 
 
 def _params(dsn: str | None) -> tuple[dict[str, str], str | None]:
@@ -186,10 +177,10 @@ def _server_facts(params: dict[str, str], password: str | None) -> ServerFacts:
     except psycopg.Error as exc:
         cause = redact_text(" ".join(str(exc).split()).removeprefix("connection failed: "))
         raise DrillError(f"{_where(params)}: cannot connect: {cause}") from None
-    version, num, archive_mode, wal_level, seg, superuser, tablespaces = row
+    version, num, archive_mode, wal_level, seg, superuser, tablespaces, role, replication = row
     return ServerFacts(
         str(version).split()[0], int(num) // 10000, archive_mode, wal_level, int(seg),
-        str(superuser), int(tablespaces),
+        str(superuser), int(tablespaces), str(role), bool(replication),
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""What every producer shares: timestamp names, atomic writes, uploads and retention pruning.
+"""What every producer shares: where backups go, timestamp names and atomic local writes.
 
 A backup is written under a temporary ``<name>.partial`` name (mode 600) and renamed to its
 final name only after every step that made it succeeded, so a final name always means a
@@ -9,38 +9,37 @@ complete backup. Local copies live under ``[backup] local_dir`` laid out like th
 Example::
 
     dest = Destination("database/", storage=open_storage(url), local_dir=Path("/var/b"))
+
+`drills.backup.run` wraps each producer's own work (the dump, the archive, the snapshot)
+in what keeps it safe: a lock, leftovers cleaned, a unique name, the upload verified,
+retention.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import logging
 import os
 import re
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from drills.backup.marks import manifest_bytes
+from drills.backup.verify import Digests
 from drills.config import Config
-from drills.errors import ConfigError, DrillError, StorageError
-from drills.manifest import SUFFIX, Manifest, manifest_key
+from drills.errors import ConfigError, DrillError
+from drills.manifest import Manifest
 from drills.storage import LocalStorage, Storage, open_storage
 
-log = logging.getLogger(__name__)
-
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
-STAMP = re.compile(r"\d{8}_\d{6}")
+# A second's stamp, and the unique suffix a name gets when that second's name is taken.
+STAMP = re.compile(r"\d{8}_\d{6}(?:_[0-9a-f]{6})?")
 PARTIAL = ".partial"
-UPLOAD_THREADS = 8
-LEFTOVER_AGE = timedelta(days=1)
 
 
 def utcnow() -> datetime:
@@ -78,20 +77,47 @@ class BackupResult:
     copied: int = 0
     """Objects copied inside the storage instead of uploaded (unchanged snapshot files)."""
     pruned: tuple[str, ...] = ()
-    """Local backups removed because they were past the retention."""
+    """Backups removed past the retention, as URLs ("s3://b/database/x.sql.gz")."""
+    would_prune: tuple[str, ...] = ()
+    """What pruning would have removed (--dry-run-prune)."""
+    prune_note: str | None = None
+    """Why pruning removed nothing although asked to, if it refused."""
+    suspect: tuple[str, ...] = ()
+    """Why the backup is not plausible; written and stored, but the run failed."""
+    cleaned: tuple[str, ...] = ()
+    """What unfinished earlier runs left, removed at start."""
+    caught_up: tuple[str, ...] = ()
+    """Local copies of earlier runs uploaded by this one."""
+    problems: tuple[str, ...] = ()
+    """Failures after the backup itself was stored (an earlier copy not uploaded)."""
+
+    @property
+    def good(self) -> bool:
+        """Whether the run fully succeeded."""
+        return not (self.suspect or self.problems)
 
 
 @dataclass(frozen=True)
 class Destination:
-    """Where one kind of backup goes: a storage prefix, a local directory, a retention."""
+    """Where one kind of backup goes: a storage prefix, a local directory, what is kept."""
 
     prefix: str
     """The kind's prefix under the storage root and under `local_dir` ("database/")."""
     storage: Storage | None = None
     """Where backups are uploaded; None: local only."""
     local_dir: Path | None = None
-    """Root of the local copies; None: storage only (work in a temporary directory)."""
+    """Root of the local copies; None: storage only (work in a staging directory)."""
     retention_days: int = 30
+    prune: bool = False
+    """Remove our backups past `retention_days` (see drills.backup.retention)."""
+    keep_min: int = 7
+    """Good backups pruning always keeps, whatever their age."""
+    dry_run_prune: bool = False
+    """List what pruning would remove instead of removing it."""
+    estate: str = "estate"
+    """The [estate] name written into manifests; pruning touches only this estate's."""
+    staging_dir: Path | None = None
+    """Where a backup is built when there is no `local_dir`; None: the temp directory."""
 
     @property
     def kind_dir(self) -> Path | None:
@@ -109,34 +135,32 @@ class Destination:
         """The storage key of a backup named `name`."""
         return self.prefix + name
 
-    def taken(self, name: str) -> bool:
-        """Whether a backup of that name (or its partial) exists already."""
-        if self.kind_dir is not None:
-            path = self.kind_dir / name
-            return any(os.path.lexists(p) for p in (path, f"{path}{PARTIAL}", f"{path}{SUFFIX}"))
-        try:
-            return self.storage is not None and self.storage.exists(manifest_key(self.key(name)))
-        except StorageError:
-            return False  # the upload will say what is wrong with the storage
-
-    @contextlib.contextmanager
-    def workdir(self) -> Iterator[Path]:
-        """The local kind directory (created 700), or a temporary one removed afterwards."""
+    def make_kind_dir(self) -> None:
+        """Create the local kind directory (mode 700) if there is a local directory."""
         if self.kind_dir is not None:
             try:
                 self.kind_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise os_error(self.kind_dir, exc) from None
+
+    @contextlib.contextmanager
+    def workdir(self) -> Iterator[Path]:
+        """The local kind directory, or a staging directory removed afterwards."""
+        if self.kind_dir is not None:
+            self.make_kind_dir()
             yield self.kind_dir
             return
-        work = Path(tempfile.mkdtemp(prefix="drill-backup-"))
+        try:
+            work = Path(tempfile.mkdtemp(prefix="drill-backup-", dir=self.staging_dir))
+        except OSError as exc:
+            raise os_error(self.staging_dir or tempfile.gettempdir(), exc) from None
         try:
             yield work
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
     def local_copy(self, path: Path) -> Path | None:
-        """`path` if it is a kept local copy, None if it lives in a temporary directory."""
+        """`path` if it is a kept local copy, None if it lives in a staging directory."""
         return path if self.kind_dir is not None else None
 
 
@@ -171,37 +195,41 @@ def destination(
             raise ConfigError("no upload and no [backup] local_dir: nowhere to keep the backup")
     if local_dir is None and isinstance(storage, LocalStorage):
         local_dir = storage.root
-    return Destination(prefix, storage, local_dir, config.backup.retention_days)
-
-
-def choose_time(taken: Callable[[str], bool]) -> datetime:
-    """Now, or the next second when a backup with now's stamp exists already."""
-    for _ in range(3):
-        now = utcnow()
-        if not taken(stamp(now)):
-            return now
-        time.sleep(1.02 - now.microsecond / 1e6)
-    raise DrillError(f"a backup stamped {stamp(now)} exists already; not overwriting it")
+    settings = config.backup
+    staging = Path(settings.staging_dir).absolute() if settings.staging_dir else None
+    return Destination(
+        prefix,
+        storage,
+        local_dir,
+        retention_days=settings.retention_days,
+        prune=settings.prune,
+        keep_min=settings.keep_min,
+        estate=config.estate.name,
+        staging_dir=staging,
+    )
 
 
 class HashingWriter:
-    """Wraps a binary file; hashes and counts the bytes as they are written through it."""
+    """Wraps a binary file; hashes (sha256, S3 ETag) and counts the bytes written through it."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._hash = hashlib.sha256()
-        self.bytes = 0
+        self.digests = Digests()
 
     @property
     def sha256(self) -> str:
         """The hex digest of the bytes written so far."""
-        return self._hash.hexdigest()
+        return self.digests.sha256
+
+    @property
+    def bytes(self) -> int:
+        """How many bytes were written."""
+        return self.digests.bytes
 
     def write(self, data: bytes) -> int:
         """Write, hash and count `data`."""
         self._out.write(data)
-        self._hash.update(data)
-        self.bytes += len(data)
+        self.digests.update(data)
         return len(data)
 
     def flush(self) -> None:
@@ -274,7 +302,7 @@ def commit(partial: Path, final: Path) -> None:
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write a manifest beside its backup, atomically, mode 600."""
     with atomic_file(path) as out:
-        out.write(manifest.to_json().encode())
+        out.write(manifest_bytes(manifest))
 
 
 def fsync_dir(directory: Path) -> None:
@@ -310,136 +338,13 @@ def os_error(path: str | os.PathLike[str], exc: OSError) -> DrillError:
     return DrillError(f"{path}: {cause}")
 
 
-def upload(dest: Destination, key: str, local: Path, manifest: Manifest) -> tuple[int, str | None]:
-    """Send a backup (a file, or a directory's files) then its manifest to the storage.
-
-    The manifest goes last, so a manifest in the storage means the backup is complete.
-    Returns (objects uploaded, storage URL), (0, URL) when written in place, (0, None) when
-    there is no storage.
-    """
-    if dest.storage is None:
-        return 0, None
-    if dest.in_place:
-        return 0, dest.storage.url
-    try:
-        dest.storage.check()  # an unmounted backup disk or a missing bucket, said once
-        if local.is_dir():
-            count = upload_tree(dest.storage, key, local, last=("toc.dat",))
-        else:
-            dest.storage.put_file(key, local)
-            count = 1
-        dest.storage.put_bytes(manifest_key(key), manifest.to_json().encode())
-    except DrillError as exc:
-        kept = dest.local_copy(local)
-        raise StorageError(f"{exc}; local copy kept at {kept}" if kept else str(exc)) from None
-    return count + 1, dest.storage.url
-
-
-def upload_tree(storage: Storage, key: str, root: Path, last: tuple[str, ...] = ()) -> int:
-    """Upload every regular file under `root` to `key` + relative path; `last` names go last.
-
-    A directory-format dump is recognised by its ``toc.dat``: sending it last means an
-    interrupted upload does not look like a dump.
-    """
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
-    first = [p for p in paths if p.name not in last]
-    final = [p for p in paths if p.name in last]
-    prefix = key.rstrip("/") + "/"
-    for group in (first, final):
-        run_all(lambda p: storage.put_file(prefix + p.relative_to(root).as_posix(), p), group)
-    return len(paths)
-
-
-def copy_object(storage: Storage, source: str, key: str) -> None:
-    """Copy an object to `key` inside the storage, its bytes never passing through here.
-
-    S3: CopyObject (multipart copy above 5 GB), with the storage's server-side encryption.
-    A local directory: a hard link (backups are never modified in place). Raises
-    StorageError when the copy fails, e.g. the source expired.
-    """
-    if isinstance(storage, LocalStorage):
-        src, dst = storage.root / source, storage.root / key
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src, tmp)
-            os.replace(tmp, dst)
-        except OSError as exc:
-            discard(tmp)
-            raise StorageError(
-                f"{storage.url}/{key}: copy of {source} failed: {exc.strerror}"
-            ) from None
-        return
-    from drills.storage_s3 import S3Storage
-
-    if not isinstance(storage, S3Storage):
-        with storage.open(source) as stream:
-            storage.put_bytes(key, stream.read())
-        return
-    import botocore.exceptions
-
-    extra = {"ServerSideEncryption": storage.sse} if storage.sse else {}
-    try:
-        storage.client.copy(
-            {"Bucket": storage.bucket, "Key": storage.prefix + source},
-            storage.bucket,
-            storage.prefix + key,
-            ExtraArgs=extra,
-        )
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise StorageError(f"{storage.url}/{key}: copy of {source} failed: {exc}") from None
-
-
-def run_all(work: Callable[[Path], object], items: list) -> None:
-    """Run `work` on every item with a few threads (uploads wait on the network)."""
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(items))) as pool:
-        for _ in pool.map(work, items):
-            pass
-
-
-def _drop_leftover(
-    directory: Path, name: str, stamp_of: Callable[[str], str | None], now: datetime
-) -> None:
-    """Remove a partial backup a killed run left more than a day ago (a live run's is newer)."""
-    when = parse_stamp(stamp_of(name[: -len(PARTIAL)]) or "")
-    if when is not None and when < now - LEFTOVER_AGE:
-        discard(directory / name)
-        log.warning("removed %s, left over by a run that did not finish", directory / name)
-
-
-def prune(
-    directory: Path,
-    stamp_of: Callable[[str], str | None],
-    retention_days: int,
-    now: datetime,
-) -> tuple[str, ...]:
-    """Remove backups in `directory` older than the retention, and their manifests.
-
-    `stamp_of(name)` gives the ``YYYYMMDD_HHMMSS`` of a backup's entry name, None for
-    anything else (left alone). The newest backup is never removed, whatever its age, and
-    nothing inside the retention window is. Partial backups left by killed runs more than a
-    day ago are removed too. Returns the names of the backups removed.
-    """
-    entries = []
-    for name in os.listdir(directory):
-        if name.endswith(PARTIAL):
-            _drop_leftover(directory, name, stamp_of, now)
-            continue
-        when = parse_stamp(stamp_of(name) or "")
-        if when is not None and not (directory / name).is_symlink():
-            entries.append((when, name))
-    if len(entries) < 2:
-        return ()
-    newest = max(entries)
-    horizon = now - timedelta(days=retention_days)
-    removed = []
-    for when, name in sorted(entries):
-        if (when, name) == newest or when >= horizon:
-            continue
-        discard(directory / name)
-        discard(directory / f"{name}{SUFFIX}")
-        log.info("pruned %s (taken %s, past %d days)", directory / name, when, retention_days)
-        removed.append(name)
-    return tuple(removed)
+def human_size(count: int) -> str:
+    """A byte count for people: "389 B", "12.4 MB"."""
+    if count < 1024:
+        return f"{count} B"
+    size = float(count)
+    for unit in ("KB", "MB", "GB", "TB"):
+        size /= 1024
+        if size < 1024 or unit == "TB":
+            break
+    return f"{size:.1f} {unit}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -35,23 +34,20 @@ from drills.backup.common import (
     Destination,
     HashingWriter,
     atomic_file,
-    choose_time,
     os_error,
-    prune,
-    stamp,
-    upload,
     utcnow,
-    write_manifest,
 )
+from drills.backup.plausibility import size_causes
+from drills.backup.run import Run
+from drills.backup.series import Series
 from drills.errors import ConfigError, DrillError, EnvironmentProblem
 from drills.gpg import private_home
-from drills.manifest import SUFFIX, HashingReader, Manifest, MemberEntry
+from drills.manifest import HashingReader, Manifest, MemberEntry
 
 log = logging.getLogger(__name__)
 
 CIPHER = "AES256"
 CHUNK = 1 << 20
-_NAME = r"config_(\d{8}_\d{6})\.tar\.gz(?:\.gpg)?"
 
 
 def gpg_encrypt_argv(passphrase_fd: int, homedir: str | os.PathLike[str]) -> list[str]:
@@ -94,9 +90,10 @@ def backup_config(
     ext = ".tar.gz.gpg" if passphrase else ".tar.gz"
     if passphrase:
         _need("gpg")
-    with dest.workdir() as work:
-        started = choose_time(lambda ts: dest.taken(f"config_{ts}{ext}"))
-        filename = f"config_{stamp(started)}{ext}"
+    with Run(dest, Series("config", dest.prefix, "config_")) as run, dest.workdir() as work:
+        run.check_space(work)
+        started = utcnow()
+        filename = run.name(started, ext)
         final = work / filename
         with atomic_file(final) as out:
             writer = HashingWriter(out)
@@ -117,19 +114,8 @@ def backup_config(
             encrypted=bool(passphrase),
             extra={"cipher": CIPHER} if passphrase else {},
         )
-        write_manifest(work / f"{filename}{SUFFIX}", manifest)
-        key = dest.key(filename)
-        uploaded, stored_at = upload(dest, key, final, manifest)
-        local = dest.local_copy(final)
-    pruned = ()
-    if dest.kind_dir is not None:
-        pruned = prune(dest.kind_dir, _stamp_of, dest.retention_days, utcnow())
-    return BackupResult("config", key, manifest, local, stored_at, uploaded, pruned=pruned)
-
-
-def _stamp_of(name: str) -> str | None:
-    match = re.fullmatch(_NAME, name)
-    return match.group(1) if match else None
+        causes = size_causes(writer.bytes, run.previous())
+        return run.finish(final, run.mark(manifest, causes), {"": writer.digests.etag})
 
 
 def _sources(paths: list[str], optional: set[str]) -> list[tuple[Path, str]]:

@@ -37,16 +37,14 @@ from drills.backup.common import (
     BackupResult,
     Destination,
     atomic_path,
-    choose_time,
-    copy_object,
     discard,
     os_error,
-    prune,
-    run_all,
-    stamp,
     utcnow,
-    write_manifest,
 )
+from drills.backup.plausibility import size_causes
+from drills.backup.run import Run
+from drills.backup.series import Series
+from drills.backup.transfer import copy_object, run_all
 from drills.errors import ConfigError, DrillError, StorageError
 from drills.manifest import SUFFIX, FileEntry, Manifest, manifest_key, sha256_file
 from drills.storage import Storage
@@ -79,9 +77,9 @@ def backup_files(
     rsync = shutil.which("rsync") if use_rsync is not False else None
     if use_rsync and rsync is None:
         raise ConfigError("rsync: not found on PATH")
-    with dest.workdir() as work:
-        started = choose_time(dest.taken)
-        ts = stamp(started)
+    with Run(dest, Series("files", dest.prefix), send=_send) as run, dest.workdir() as work:
+        started = utcnow()
+        ts = run.name(started, directory=True)
         previous = _previous(work, ts)
         prev_dir = work / previous if previous else None
         previous_entries = _local_manifest(work, previous)
@@ -108,16 +106,9 @@ def backup_files(
                 "copier": "rsync" if rsync else "python",
             },
         )
-        write_manifest(work / f"{ts}{SUFFIX}", manifest)
         _point_current(work, ts)
-        key = dest.key(f"{ts}/")
-        uploaded, copied, stored_at = 0, 0, None
-        if dest.storage is not None:
-            stored_at = dest.storage.url
-            if not dest.in_place:
-                uploaded, copied = _sync(dest, ts, work / ts, manifest)
-    pruned = prune(work, _stamp_of, dest.retention_days, utcnow())
-    return BackupResult("files", key, manifest, work / ts, stored_at, uploaded, copied, pruned)
+        causes = size_causes(manifest.bytes or 0, run.previous())
+        return run.finish(work / ts, run.mark(manifest, causes))
 
 
 def _check_source(source: Path) -> None:
@@ -309,13 +300,14 @@ def _point_current(work: Path, ts: str) -> None:
         raise os_error(current, exc) from None
 
 
-def _sync(dest: Destination, ts: str, snapshot: Path, manifest: Manifest) -> tuple[int, int]:
-    """Send the snapshot to ``files/<ts>/``: changed files uploaded, unchanged ones copied
-    from the previous snapshot in the storage. The manifest goes last."""
-    storage = dest.storage
-    assert storage is not None
-    storage.check()  # fail once, clearly, before many threads fail the same way
-    prev_ts, prev = _stored_previous(storage, dest.prefix, ts)
+def _send(storage: Storage, key: str, snapshot: Path) -> tuple[int, int]:
+    """Send a snapshot to ``files/<ts>/`` (its manifest not included): changed files
+    uploaded, unchanged ones copied from the previous snapshot in the storage."""
+    mpath = snapshot.parent / f"{snapshot.name}{SUFFIX}"
+    manifest = Manifest.from_json(mpath.read_bytes(), source=str(mpath))
+    ts = snapshot.name
+    prefix = key[: -len(ts) - 1]
+    prev_ts, prev = _stored_previous(storage, prefix, ts)
     counts = {"uploaded": 0, "copied": 0}
     lock = threading.Lock()
 
@@ -324,23 +316,19 @@ def _sync(dest: Destination, ts: str, snapshot: Path, manifest: Manifest) -> tup
             counts[what] += 1
 
     def send(entry: FileEntry) -> None:
-        key = dest.key(f"{ts}/{entry.path}")
+        target = f"{key}{entry.path}"
         old = prev.get(entry.path)
         if old is not None and (old.sha256, old.size) == (entry.sha256, entry.size):
             with contextlib.suppress(StorageError):
-                copy_object(storage, dest.key(f"{prev_ts}/{entry.path}"), key)
+                copy_object(storage, f"{prefix}{prev_ts}/{entry.path}", target)
                 count("copied")
                 return
-            log.info("%s: copy failed, uploading it instead", key)
-        storage.put_file(key, snapshot / entry.path)
+            log.info("%s: copy failed, uploading it instead", target)
+        storage.put_file(target, snapshot / entry.path)
         count("uploaded")
 
-    try:
-        run_all(send, list(manifest.files))
-        storage.put_bytes(manifest_key(dest.key(f"{ts}/")), manifest.to_json().encode())
-    except DrillError as exc:
-        raise StorageError(f"{exc}; the local snapshot is kept at {snapshot}") from None
-    return counts["uploaded"] + 1, counts["copied"]
+    run_all(send, list(manifest.files))
+    return counts["uploaded"], counts["copied"]
 
 
 def _stored_previous(

@@ -1,19 +1,24 @@
 """`drill backup database|files|config|wal|base`: take one backup, as cron runs it.
 
 Settings come from drill.toml (`--config`), the environment and these options, in the
-usual order (options first). Prints one line per backup on stdout; a failure is one line on
-stderr and a non-zero exit (1 a backup failed, 2 configuration error, 3 a tool is missing).
+usual order (options first). Prints what was made on stdout (one line, then one per thing
+cleaned, uploaded late or pruned); a failure is one line on stderr and a non-zero exit (1 a
+backup failed or is suspect, 2 configuration error, 3 a tool is missing). A suspect backup
+is stored, and still exits 1 with its causes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 from drills.backup import backup_config, backup_database, backup_files, destination
-from drills.backup.common import BackupResult, os_error
+from drills.backup.common import BackupResult, Destination, human_size, os_error
+from drills.backup.source import Bounds
 from drills.config import Config, load_config
 from drills.errors import ConfigError
 
@@ -29,7 +34,14 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     common.add_argument(
         "--no-upload", action="store_true", help="keep the backup locally only (needs a local dir)"
     )
-    common.add_argument("--retention-days", default=None, help="prune local copies older than this")
+    common.add_argument(
+        "--retention-days", default=None, help="with [backup] prune: remove backups older than this"
+    )
+    common.add_argument(
+        "--dry-run-prune",
+        action="store_true",
+        help="take the backup, then list what pruning would remove instead of removing it",
+    )
 
     parser = commands.add_parser("backup", help="take a backup with its manifest (for cron)")
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -69,11 +81,14 @@ def main(args: argparse.Namespace) -> int:
             config,
             upload=not args.no_upload,
             fast_checkpoint=getattr(args, "fast_checkpoint", False),
+            dry_run_prune=args.dry_run_prune,
         )
     except OSError as exc:  # the producers name their own failures; this is the last net
         raise os_error(exc.filename or args.kind, exc) from None
-    print(_summary(result))
-    return 0
+    print("\n".join(_report(result)))
+    for line in _failures(result):
+        print(f"drill: {line}", file=sys.stderr)
+    return 0 if result.good else 1
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
@@ -115,30 +130,40 @@ def _ship(config: Config):
 
 
 def _produce(
-    kind: str, config: Config, *, upload: bool, fast_checkpoint: bool = False
+    kind: str,
+    config: Config,
+    *,
+    upload: bool,
+    fast_checkpoint: bool = False,
+    dry_run_prune: bool = False,
 ) -> BackupResult:
+    def dest(of: str) -> Destination:
+        found = destination(config, of, upload=upload)
+        return dataclasses.replace(found, dry_run_prune=dry_run_prune)
+
     if kind == "database":
         if config.database is None:
             raise ConfigError("[database] is not configured: set its name (or --name)")
         settings = config.database
         return backup_database(
-            destination(config, "database", upload=upload),
+            dest("database"),
             settings.name,
             dsn=settings.dsn,
             format=settings.format,
             compression=settings.compression,
             exact_count_max_bytes=settings.exact_count_max_bytes,
+            bounds=Bounds(config.backup.lock_timeout, config.runtime.step_timeout),
         )
     if kind == "files":
         if config.files is None or not config.files.source_dir:
             raise ConfigError("[files] source_dir is not set (or --source)")
-        return backup_files(destination(config, "files", upload=upload), config.files.source_dir)
+        return backup_files(dest("files"), config.files.source_dir)
     if kind == "base":
         from drills.backup.base import backup_base
         from drills.commands.heartbeat import resolve_dsn
 
         return backup_base(
-            destination(config, "base", upload=upload),
+            dest("base"),
             dsn=resolve_dsn(config, None),
             fast_checkpoint=fast_checkpoint,
             timeout=config.runtime.step_timeout,
@@ -146,7 +171,7 @@ def _produce(
     if config.config is None or not config.config.paths:
         raise ConfigError("[config] paths is not set: no config files to archive")
     return backup_config(
-        destination(config, "config", upload=upload),
+        dest("config"),
         config.config.paths,
         optional=config.config.optional,
         passphrase=_passphrase(config.config.passphrase_env),
@@ -164,9 +189,10 @@ def _passphrase(name: str | None) -> str | None:
     return value
 
 
-def _summary(result: BackupResult) -> str:
+def _report(result: BackupResult) -> list[str]:
+    """What was made, then one line per thing cleaned, uploaded late and pruned."""
     manifest = result.manifest
-    what = _size(manifest.bytes or 0)
+    what = human_size(manifest.bytes or 0)
     if manifest.kind == "files":
         what = f"{len(manifest.files)} files, {what}"
     if manifest.sha256:
@@ -178,17 +204,25 @@ def _summary(result: BackupResult) -> str:
     line = f"{result.kind}: {result.key} ({what}) -> {', '.join(where)}"
     if result.copied:
         line += f"; {result.uploaded} uploaded, {result.copied} unchanged copied"
-    if result.pruned:
-        line += f"; pruned {len(result.pruned)} past the retention: {', '.join(result.pruned)}"
-    return line
+    if result.suspect:
+        line += "; SUSPECT"
+    lines = [line]
+    lines += [f"  cleaned: {note}" for note in result.cleaned]
+    lines += [f"  uploaded an earlier run's local copy: {key}" for key in result.caught_up]
+    lines += [f"  pruned: {where}" for where in result.pruned]
+    lines += [f"  would prune (--dry-run-prune): {where}" for where in result.would_prune]
+    if result.prune_note:
+        lines.append(f"  prune: {result.prune_note}")
+    return lines
 
 
-def _size(count: int) -> str:
-    if count < 1024:
-        return f"{count} B"
-    size = float(count)
-    for unit in ("KB", "MB", "GB"):
-        size /= 1024
-        if size < 1024 or unit == "GB":
-            break
-    return f"{size:.1f} {unit}"
+def _failures(result: BackupResult) -> list[str]:
+    """Why a run that stored its backup still failed, one line each."""
+    lines = []
+    if result.suspect:
+        causes = "; ".join(result.suspect)
+        lines.append(
+            f"{result.key}: stored, but SUSPECT: {causes} (marked in its manifest; it does "
+            "not count as a good backup and nothing was pruned)"
+        )
+    return lines + list(result.problems)

@@ -1,9 +1,11 @@
 """`drill status`: the original runbook's dashboard and overdue alerts as one command.
 
 Per kind: backups in the last 7 days, the newest backup's time, age and size, whether that
-age is within the kind's RPO, manifest coverage; and whether the storage answers.
-Exit 0 when every kind is within its RPO; 1 when any is overdue or the storage is
-unreachable; 2 on a configuration error.
+age is within the kind's RPO, manifest coverage; and whether the storage answers. A newest
+backup whose manifest marks it suspect (see `drills.backup.marks`) is not "ok".
+Exit 0 when every kind is within its RPO and its newest backup is not suspect; 1 when any is
+overdue or suspect, or the storage is unreachable; 2 on a configuration error (no
+configuration at all included).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from drills import catalog
+from drills.backup.common import human_size
+from drills.backup.marks import suspect_causes
 from drills.clock import human
-from drills.config import Config, load_config
-from drills.errors import DrillError
+from drills.config import CONFIG_ENV, DEFAULT_FILE, Config, load_config
+from drills.errors import ConfigError, DrillError
 from drills.storage import open_storage
 
 KINDS = ("database", "files", "config")
@@ -33,6 +37,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 def collect(config: Config, now: datetime | None = None) -> dict:
     """The status of every kind, as a JSON-able dict."""
     now = now or datetime.now(UTC)
+    if config.storage.url is None:
+        where = config.source or f"no {DEFAULT_FILE} here and no ${CONFIG_ENV}"
+        raise ConfigError(
+            f"{where}: [storage] url is not set: no backups to report on (--config drill.toml, "
+            "or DRILL_STORAGE_URL)"
+        )
     storage = open_storage(
         config.storage.url,
         endpoint_url=config.storage.endpoint_url,
@@ -51,7 +61,7 @@ def collect(config: Config, now: datetime | None = None) -> dict:
     for kind in kinds:
         rows[kind] = _kind_status(storage, config, kind, now)
     result["kinds"] = rows
-    result["ok"] = all(row["within_rpo"] for row in rows.values())
+    result["ok"] = all(row["within_rpo"] and not row.get("suspect") for row in rows.values())
     return result
 
 
@@ -66,6 +76,10 @@ def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
     newest = catalog.latest(backups)
     age = (now - newest.taken_at).total_seconds()
     with_manifest = sum(1 for b in backups if b.manifest_key)
+    try:
+        suspect = suspect_causes(newest.manifest) if newest.manifest is not None else []
+    except DrillError as exc:  # an unreadable manifest: the newest backup is not good either
+        suspect = [str(exc)]
     return {
         "count_7d": sum(1 for b in backups if now - b.taken_at <= WINDOW),
         "count": len(backups),
@@ -78,6 +92,7 @@ def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
         },
         "rpo_s": target,
         "within_rpo": age <= target,
+        "suspect": suspect,
         "manifests": f"{with_manifest}/{len(backups)}",
         "error": None,
     }
@@ -102,9 +117,9 @@ def render(status: dict) -> str:
                 str(row["count_7d"]),
                 latest["taken_at"][:19].replace("T", " ") + f" ({latest['time_source']})",
                 human(latest["age_s"]),
-                _size(latest["bytes"]),
+                human_size(latest["bytes"]),
                 human(row["rpo_s"]),
-                "ok" if row["within_rpo"] else "OVERDUE",
+                _state(row),
                 row["manifests"],
             )
         )
@@ -115,15 +130,15 @@ def render(status: dict) -> str:
     for kind, row in status["kinds"].items():
         if row.get("error"):
             lines.append(f"{kind}: {row['error']}")
+        if row.get("suspect"):
+            lines.append(f"{kind}: newest backup is SUSPECT: {'; '.join(row['suspect'])}")
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _state(row: dict) -> str:
+    if not row["within_rpo"]:
+        return "OVERDUE"
+    return "SUSPECT" if row.get("suspect") else "ok"
 
 
 def main(args: argparse.Namespace) -> int:
