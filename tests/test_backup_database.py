@@ -92,6 +92,11 @@ def test_dump_manifest_upload_and_catalog_finds_it_as_latest(
         ("public.transactions", 5000, True),
         ("public.audit_logs", 2000, True),
     }
+    objects = manifest.extra["inventory"]  # taken in the dump's own snapshot
+    assert {"public.users", "public.transactions", "public.audit_logs"} <= set(objects["table"])
+    assert "public.transactions_user_id_idx" in objects["index"]
+    assert "public.transactions.transactions_user_id_fkey" in objects["foreign key"]
+    assert "public.users.users_email_key" in objects["unique constraint"]
     head = embedded_s3.client().head_object(Bucket=storage.bucket, Key=result.key)
     assert head["ServerSideEncryption"] == "AES256"
     local = result.local_path

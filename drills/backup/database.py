@@ -98,6 +98,7 @@ def backup_database(
             filename = run.name(started, ext, directory=format == "directory")
             final = work / filename
             tables = snap.tables(exact_count_max_bytes)
+            objects = snap.inventory()
             argv = [pg_dump, f"--dbname={target.conninfo}", "--no-password"]
             argv += [f"--lock-wait-timeout={bounds.lock_ms}"]
             argv += [f"--snapshot={snap.snapshot}"] if snap.snapshot else []
@@ -124,7 +125,11 @@ def backup_database(
             pg_dump_version=tool_version,
             tables=tables,
             files=files,
-            extra={"snapshot": bool(snap.snapshot), "database_bytes": snap.database_bytes},
+            extra={
+                "snapshot": bool(snap.snapshot),
+                "database_bytes": snap.database_bytes,
+                "inventory": objects,
+            },
         )
         causes = database_causes(tables, size, run.previous(compression))
         return run.finish(final, run.mark(manifest, causes), etags)

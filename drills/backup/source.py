@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from drills import inventory
 from drills.config import redact_text
 from drills.errors import ConfigError, DrillError
 from drills.manifest import TableCount
@@ -202,6 +203,16 @@ class Snapshot:
             f"{self.target.label}: role {role} cannot dump {shown}{more}; pg_dump would fail, "
             "so nothing was dumped (grant the role what it lacks, or use one that has it)"
         )
+
+    def inventory(self) -> dict[str, list[str]]:
+        """The objects the database holds in the dump's snapshot (`drills.inventory`), as a
+        manifest keeps them: a drill names any of them its restore lacks."""
+        try:
+            return inventory.to_json(inventory.read_inventory(self.conn))
+        except psycopg.errors.QueryCanceled:
+            raise slow_query(self.target, self.bounds, "listing objects") from None
+        except psycopg.Error as exc:
+            raise DrillError(f"{self.target.label}: cannot list objects: {one_line(exc)}") from None
 
     def tables(self, exact_count_max_bytes: int) -> tuple[TableCount, ...]:
         """Row counts: exact under the size bound (and for never-analysed tables), else

@@ -136,6 +136,8 @@ def manifest_case(**lie):
             counts[lie["extra_table"]] = 10
         if "users" in lie:
             counts["users"] = lie["users"]
+        if "extra_index" in lie:
+            changes["extra"] = {"inventory": {"index": [lie["extra_index"]]}}
         _put_dump(ctx, data, manifest=_manifest(data, counts, **changes))
         return Case(DATABASE)
 
@@ -571,6 +573,14 @@ FAULTS: list[Fault] = [
         "database",
         "missing: public.invoices",
         manifest_case(extra_table="invoices"),
+    ),
+    Fault(
+        "manifest lists an object the restore lacks",
+        "database",
+        "manifest inventory adds index public.invoices_idx",
+        "database",
+        "declared by the manifest but missing after the restore: index public.invoices_idx",
+        manifest_case(extra_index="public.invoices_idx"),
     ),
     Fault(
         "row count disagrees with the manifest",
