@@ -23,9 +23,9 @@ import docker
 
 from drills.backup.common import Destination
 from drills.backup.database import backup_database
-from drills.errors import DrillError
-from drills.estate import APP_DIR, run_sql_file
+from drills.config.errors import DrillError
 from drills.runtime import images
+from drills.runtime.estate import APP_DIR, run_sql_file
 from drills.runtime.images import cache_dir
 from drills.runtime.labels import RunSession
 from drills.runtime.postgres import PostgresContainer, start_postgres

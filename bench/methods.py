@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.estate import DATABASE, ROLES, EstateDumps
-from drills import catalog
 from drills.restore import analyze_database, jobs, restore_database
 from drills.runtime.labels import RunSession
 from drills.runtime.postgres import PostgresContainer, start_postgres
-from drills.storage import LocalStorage
+from drills.storage import LocalStorage, catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 4 * 3600
@@ -213,8 +212,8 @@ _S3: dict = {}
 
 def _s3_copy(dumps: EstateDumps, variant: str):
     """The variant's dump in a bucket of the embedded S3 server (started, filled once)."""
-    from drills.s3server import EmbeddedS3
     from drills.storage import open_storage
+    from drills.storage.s3server import EmbeddedS3
 
     server = _S3.get("server")
     if server is None:

@@ -45,7 +45,7 @@ from bench.methods import CpuMeter, rotations
 from bench.restore import RESULTS, _machine
 from drills.runtime import engine, labels
 from drills.runtime.postgres import PostgresContainer
-from drills.s3server import EmbeddedS3
+from drills.storage.s3server import EmbeddedS3
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 4 * 3600

@@ -14,7 +14,7 @@ import sys
 import time
 
 from drills import __version__
-from drills.errors import DrillError
+from drills.config.errors import DrillError
 
 
 def _images(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from drills import demo
+    from drills.commands import demo
 
     only = [k.strip() for k in args.only.split(",")] if args.only else None
     return demo.main(scale=args.scale, report_dir=args.report_dir, only=only)

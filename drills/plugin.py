@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from drills import __version__
-from drills.errors import DrillError
+from drills.config.errors import DrillError
 from drills.record import DrillRecord
+from drills.report.pytest_extras import NODE_RECORD
+from drills.runtime.facts import describe_containers
 
 RECORDS_KEY = pytest.StashKey[list]()
 # The test-runner reports (pytest-html columns and extras, Allure steps and attachments).
@@ -100,13 +102,10 @@ def drill(request: pytest.FixtureRequest):
     def open_record(kind: str) -> DrillRecord:
         record = DrillRecord(kind)
         records.append(record)
-        request.node.stash[_NODE_RECORD] = record
+        request.node.stash[NODE_RECORD] = record
         return record
 
     return open_record
-
-
-_NODE_RECORD = pytest.StashKey[DrillRecord]()
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +118,7 @@ def accept_shrink(pytestconfig: pytest.Config) -> str | None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    record = item.stash.get(_NODE_RECORD, None)
+    record = item.stash.get(NODE_RECORD, None)
     if record is None:
         return report
     if report.skipped:
@@ -136,7 +135,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             report.longrepr = f"{type(call.excinfo.value).__name__}: {record.error}"
     elif report.when == "call":
         record.verdict = "pass"
+    if report.when == "call":
+        _describe_containers(item, record, with_logs=report.failed)
     return report
+
+
+def _describe_containers(item: pytest.Item, record: DrillRecord, with_logs: bool) -> None:
+    """The run's containers into the record, where the reports read them."""
+    # item.funcargs holds every fixture of the test's closure, the session's ones included.
+    client, session = item.funcargs.get("docker_client"), item.funcargs.get("run_session")
+    if client is None or session is None:
+        return
+    try:
+        describe_containers(client, session.run_id, record, with_logs=with_logs)
+    except Exception as exc:
+        # An error here would be a pytest INTERNALERROR that stops every later drill.
+        record.notes.append(f"the run's containers could not be described: {exc!r}")
 
 
 def _skip_reason(report: pytest.TestReport) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drills.clock import Stopwatch, Target
+from drills.config.clock import Stopwatch, Target
 
 
 @dataclass

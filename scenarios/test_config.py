@@ -16,9 +16,9 @@ import functools
 
 import pytest
 
-from drills import plausibility, plausibility_config
-from drills.restore_config import archive_names, check_config, restore_config
-from drills.steps import conclude, locate_with_previous
+from drills.checks import plausibility, plausibility_config
+from drills.checks.conclusion import conclude, locate_with_previous
+from drills.restore.config import archive_names, check_config, restore_config
 from fixtures.drills import configured, drill_history
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from drills import dumpinfo, plausibility
-from drills.checks import check_database, connect_restored
-from drills.errors import DrillError
-from drills.projection import project_rto
-from drills.recovery_point import measure_recovery_point
-from drills.restore import restore_database
-from drills.steps import conclude, locate_with_previous
+from drills.checks import check_database, connect_restored, plausibility
+from drills.checks.conclusion import conclude, locate_with_previous
+from drills.checks.projection import project_rto
+from drills.checks.recovery_point import measure_recovery_point
+from drills.config.errors import DrillError
+from drills.restore import dumpinfo, restore_database
 from fixtures.drills import check_limits, configured, drill_history, thresholds
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from drills import plausibility, plausibility_files
-from drills.restore_files import check_files, landed_files, restore_files
+from drills.checks import plausibility, plausibility_files
+from drills.checks.conclusion import conclude, locate_with_previous
+from drills.restore.files import check_files, landed_files, restore_files
 from drills.runtime import images
-from drills.steps import conclude, locate_with_previous
 from fixtures.drills import configured, drill_history
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from drills import catalog
-from drills.clock import human
-from drills.errors import DrillError
-from drills.steps import conclude
+from drills.checks.conclusion import conclude
+from drills.config.clock import human
+from drills.config.errors import DrillError
+from drills.storage import catalog
 from fixtures.drills import configured
 
 KINDS = ("database", "files", "config")

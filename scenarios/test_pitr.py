@@ -18,13 +18,13 @@ import pytest
 
 from drills import pitr
 from drills.checks import check_database, connect_restored
+from drills.checks.conclusion import conclude
+from drills.checks.recovery_point import check_heartbeat_boundary
 from drills.config import Config
-from drills.pitr_container import RecoveryContainer
-from drills.pitr_recovery import Recovery
-from drills.recovery_point import check_heartbeat_boundary
+from drills.pitr.container import RecoveryContainer
+from drills.pitr.recovery import Recovery
 from drills.runtime import images
 from drills.runtime.labels import RunSession
-from drills.steps import conclude
 from fixtures.drills import configured
 
 

@@ -17,10 +17,10 @@ import subprocess
 
 import pytest
 
-from drills.catalog import list_backups
-from drills.clock import human
+from drills.checks.conclusion import conclude, describe
+from drills.config.clock import human
 from drills.recovery.rehearsal import Rehearsal
-from drills.steps import conclude, describe
+from drills.storage.catalog import list_backups
 from fixtures.drills import configured
 
 DB = "drishti_production"

@@ -17,17 +17,17 @@ from urllib.parse import quote
 import docker.errors
 import pytest
 
-from drills import catalog, dumpinfo
 from drills.checks import check_database, connect_restored, count_users
-from drills.clock import human
-from drills.errors import DrillError, StorageError
-from drills.http_checks import UPLOADS_URL_PATH, check_count, check_health, check_upload
-from drills.restore import restore_database
-from drills.restore_files import check_files, landed_files, restore_files, sample_file
+from drills.checks.conclusion import conclude, describe, locate
+from drills.checks.service import UPLOADS_URL_PATH, check_count, check_health, check_upload
+from drills.config.clock import human
+from drills.config.errors import DrillError, StorageError
+from drills.restore import dumpinfo, restore_database
+from drills.restore.files import check_files, landed_files, restore_files, sample_file
 from drills.runtime import images
 from drills.runtime.api import start_api
 from drills.runtime.network import private_network
-from drills.steps import conclude, describe, locate
+from drills.storage import catalog
 from fixtures.drills import check_limits, configured
 
 

@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from drills.backup.marks import manifest_bytes
-from drills.catalog import list_backups
-from drills.estate import APP_DIR, run_sql_file
-from drills.manifest import Manifest, manifest_key
-from drills.s3server import EmbeddedS3
+from drills.runtime.estate import APP_DIR, run_sql_file
+from drills.storage.catalog import list_backups
+from drills.storage.manifest import Manifest, manifest_key
+from drills.storage.s3server import EmbeddedS3
 from fixtures.estate_backups import write_drill_toml
 from tests.faults.s3_proxy import FaultyS3Proxy
 

@@ -24,9 +24,9 @@ import pytest
 
 from drills.backup.common import stamp
 from drills.backup.lock import process_start
-from drills.catalog import list_backups
-from drills.manifest import manifest_key
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import list_backups
+from drills.storage.manifest import manifest_key
+from drills.storage.s3 import S3Storage
 from tests.producer_kit import DB, ROOT, SlowS3Proxy, config, drill, pg_env, production, s3_env
 
 LOCK = f"database/.drill-lock-{DB}"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from drills.backup import Destination, backup_config
-from drills.catalog import latest, list_backups
-from drills.errors import DrillError, StorageError
+from drills.config.errors import DrillError, StorageError
 from drills.storage import LocalStorage, open_storage
+from drills.storage.catalog import latest, list_backups
 
 PASSPHRASE = "correct horse battery staple"
 SECRET = b"DATABASE_URL=postgresql://app:s3cr3t@db/drishti\nSECRET_KEY=abc123\n"

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from drills.backup import Destination, backup_database
-from drills.catalog import latest, list_backups
-from drills.errors import DrillError
-from drills.estate import APP_DIR, run_sql_file
-from drills.manifest import Manifest, sha256_file
-from drills.s3server import EmbeddedS3
+from drills.config.errors import DrillError
+from drills.runtime.estate import APP_DIR, run_sql_file
 from drills.storage import LocalStorage
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import latest, list_backups
+from drills.storage.manifest import Manifest, sha256_file
+from drills.storage.s3 import S3Storage
+from drills.storage.s3server import EmbeddedS3
 from fixtures.storage import s3_storage_on
 from tests.producer_kit import pg_env, s3_env
 

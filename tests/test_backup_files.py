@@ -17,13 +17,13 @@ import pytest
 from drills.backup import Destination, backup_files, destination
 from drills.backup.common import stamp
 from drills.backup.marks import manifest_bytes, mark
-from drills.catalog import latest, list_backups
 from drills.config import load_config
-from drills.errors import DrillError
-from drills.estate import generated_uploads
-from drills.manifest import Manifest, manifest_key, sha256_file
+from drills.config.errors import DrillError
+from drills.runtime.estate import generated_uploads
 from drills.storage import LocalStorage
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import latest, list_backups
+from drills.storage.manifest import Manifest, manifest_key, sha256_file
+from drills.storage.s3 import S3Storage
 
 
 @pytest.fixture

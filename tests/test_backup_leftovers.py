@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from drills.catalog import list_backups
 from drills.storage import LocalStorage
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import list_backups
+from drills.storage.s3 import S3Storage
 from tests.producer_kit import DB, SlowS3Proxy, config, drill, pg_env, production, s3_env
 
 LOCK = f"database/.drill-lock-{DB}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drills.storage_s3 import S3Storage
+from drills.storage.s3 import S3Storage
 from tests.faults.s3_proxy import FaultyS3Proxy
 from tests.producer_kit import DB, config, drill, pg_env, production, s3_env
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from drills.backup.common import stamp
-from drills.catalog import list_backups
-from drills.estate import APP_DIR, run_sql_file
-from drills.manifest import Manifest, manifest_key
+from drills.runtime.estate import APP_DIR, run_sql_file
 from drills.storage import LocalStorage
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import list_backups
+from drills.storage.manifest import Manifest, manifest_key
+from drills.storage.s3 import S3Storage
 from tests.producer_kit import DB, config, drill, old_backups, pg_env, production, s3_env
 
 

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from drills.catalog import latest, latest_at_or_before, list_backups, oldest_in_retention
-from drills.errors import DrillError, IntegrityError, StorageError
-from drills.manifest import Manifest, manifest_key
+from drills.config.errors import DrillError, IntegrityError, StorageError
 from drills.storage import LocalStorage, Storage
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import latest, latest_at_or_before, list_backups, oldest_in_retention
+from drills.storage.manifest import Manifest, manifest_key
+from drills.storage.s3 import S3Storage
 
 SEED_DUMPS = [f"database/app_202501{day}_020000.sql.gz" for day in ("10", "11", "12", "13")]
 

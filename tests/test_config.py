@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from drills.config import config_keys, load_config, parse_duration
-from drills.errors import ConfigError
+from drills.config.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from drills.catalog import list_backups
-from drills.estate import generated_uploads
-from drills.pitr_catalog import list_base_backups
+from drills.pitr.catalog import list_base_backups
+from drills.runtime.estate import generated_uploads
 from drills.runtime.postgres import PostgresContainer
-from drills.s3server import EmbeddedS3
-from drills.storage_s3 import S3Storage
+from drills.storage.catalog import list_backups
+from drills.storage.s3 import S3Storage
+from drills.storage.s3server import EmbeddedS3
 from fixtures.storage import s3_storage_on
 from tests.producer_kit import DB, ROOT, production, s3_env
 

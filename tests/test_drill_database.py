@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from drills.manifest import Manifest, TableCount
+from drills.storage.manifest import Manifest, TableCount
 
 DB = "drishti_production"
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from drills.dumpscan import DumpScan, UnsupportedDump, roles_in
-from drills.inventory import missing, read_inventory
+from drills.restore.dumpscan import DumpScan, UnsupportedDump, roles_in
+from drills.restore.inventory import missing, read_inventory
 
 SHAPED = """
 CREATE ROLE shop_owner NOLOGIN; CREATE ROLE shop_app; CREATE ROLE "Report Role";

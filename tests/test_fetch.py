@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from drills.errors import IntegrityError
-from drills.fetch import PART, Part, PipeFeeder, download
+from drills.config.errors import IntegrityError
+from drills.restore.fetch import PART, Part, PipeFeeder, download
 from drills.storage import LocalStorage
 
 

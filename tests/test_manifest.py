@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from drills.errors import IntegrityError, ManifestError
-from drills.manifest import (
+from drills.config.errors import IntegrityError, ManifestError
+from drills.storage.manifest import (
     FileEntry,
     HashingReader,
     Manifest,

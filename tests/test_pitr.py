@@ -19,17 +19,17 @@ from pathlib import Path
 import pytest
 
 from drills.backup.wal import ship_wal
-from drills.catalog import list_backups
-from drills.errors import IntegrityError
-from drills.manifest import Manifest
+from drills.checks.recovery_point import measure_recovery_point
+from drills.config.errors import IntegrityError
 from drills.pitr import iso
-from drills.pitr_catalog import BaseBackup, list_wal, plan_for
+from drills.pitr.catalog import BaseBackup, list_wal, plan_for
 from drills.record import DrillRecord
-from drills.recovery_point import measure_recovery_point
 from drills.restore import restore_database
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import open_storage
-from drills.walfile import SEGMENT, format_lsn, segment_name
+from drills.storage.catalog import list_backups
+from drills.storage.manifest import Manifest
+from drills.storage.walfile import SEGMENT, format_lsn, segment_name
 from fixtures.estate_backups import drill_cli, run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
 

@@ -13,12 +13,12 @@ import pytest
 
 from drills.backup.common import Destination
 from drills.backup.database import backup_database
-from drills.catalog import Backup
-from drills.estate import APP_DIR, run_sql_file
-from drills.manifest import Manifest
-from drills.projection import CHECK, project_rto, projection
+from drills.checks.projection import CHECK, project_rto, projection
 from drills.record import DrillRecord
+from drills.runtime.estate import APP_DIR, run_sql_file
 from drills.storage import LocalStorage
+from drills.storage.catalog import Backup
+from drills.storage.manifest import Manifest
 
 DB = "drishti_production"
 ROOT = Path(__file__).resolve().parents[1]

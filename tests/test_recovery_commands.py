@@ -422,8 +422,8 @@ def archiving(run_session, postgres_image, tmp_path_factory):
     with heartbeats on both sides; the WAL shipped into a local storage."""
     from drills.backup.base import backup_base
     from drills.backup.common import Destination
+    from drills.backup.heartbeat import run_heartbeat
     from drills.backup.wal import ship_wal
-    from drills.heartbeat import run_heartbeat
     from drills.runtime.postgres import PostgresContainer
     from drills.storage import open_storage
 

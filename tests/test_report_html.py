@@ -24,9 +24,9 @@ import pytest
 from drills.backup.common import destination
 from drills.backup.config_archive import backup_config
 from drills.backup.database import backup_database
-from drills.clock import human
 from drills.config import load_config
-from drills.estate import APP_DIR, DATABASE, run_sql_file, write_config_files
+from drills.config.clock import human
+from drills.runtime.estate import APP_DIR, DATABASE, run_sql_file, write_config_files
 from drills.runtime.postgres import start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from drills.errors import EnvironmentProblem
-from drills.manifest import HashingReader, sha256_file
-from drills.s3server import EmbeddedS3
-from drills.storage_s3 import MULTIPART_THRESHOLD, S3Storage
+from drills.config.errors import EnvironmentProblem
+from drills.storage.manifest import HashingReader, sha256_file
+from drills.storage.s3 import MULTIPART_THRESHOLD, S3Storage
+from drills.storage.s3server import EmbeddedS3
 
 
 def test_round_trip_multipart_pagination_and_checksum(s3_bucket: S3Storage, tmp_path: Path):

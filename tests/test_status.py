@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from drills.backup.marks import manifest_bytes, mark
-from drills.manifest import Manifest
+from drills.storage.manifest import Manifest
 
 
 def _seed(root: Path, kind_dir: str, name: str, age: timedelta) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from drills.errors import ConfigError, StorageError
-from drills.s3server import EmbeddedS3
+from drills.config.errors import ConfigError, StorageError
 from drills.storage import LocalStorage, Storage, open_storage
-from drills.storage_s3 import S3Storage
+from drills.storage.s3 import S3Storage
+from drills.storage.s3server import EmbeddedS3
 from fixtures.storage import s3_storage_on
 
 

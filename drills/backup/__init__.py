@@ -15,6 +15,10 @@ Example::
     config = load_config("drill.toml")
     result = backup_database(destination(config, "database"), config.database.name)
     print(result.key, result.manifest.sha256)
+
+It may import `drills.restore` (a database's object inventory), `drills.runtime`,
+`drills.storage`, `drills.record` and `drills.config`; `drills.checks`, `drills.pitr`,
+`drills.recovery` and the face import it, never the engines below it.
 """
 
 from drills.backup.common import BackupResult, Destination, destination

@@ -39,9 +39,9 @@ from drills.backup.run import Run
 from drills.backup.series import Series
 from drills.backup.verify import file_digests
 from drills.config import redact_text
-from drills.errors import ConfigError, DrillError, EnvironmentProblem
-from drills.manifest import FileEntry, Manifest
-from drills.walfile import format_lsn, lsn_segno, parse_lsn, segment_name
+from drills.config.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.storage.manifest import FileEntry, Manifest
+from drills.storage.walfile import format_lsn, lsn_segno, parse_lsn, segment_name
 
 CONNECT_TIMEOUT = "10"
 BASE_TAR = "base.tar.gz"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from drills.backup.series import Stored
 from drills.backup.verify import Expected, file_digests
-from drills.errors import IntegrityError
+from drills.config.errors import IntegrityError
 
 
 def pending(

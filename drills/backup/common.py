@@ -32,9 +32,9 @@ from typing import BinaryIO
 from drills.backup.marks import manifest_bytes
 from drills.backup.verify import Digests
 from drills.config import Config
-from drills.errors import ConfigError, DrillError
-from drills.manifest import Manifest
+from drills.config.errors import ConfigError, DrillError
 from drills.storage import LocalStorage, Storage, open_storage
+from drills.storage.manifest import Manifest
 
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 # A second's stamp, and the unique suffix a name gets when that second's name is taken.

@@ -40,9 +40,9 @@ from drills.backup.common import (
 from drills.backup.plausibility import size_causes
 from drills.backup.run import Run
 from drills.backup.series import Series
-from drills.errors import ConfigError, DrillError, EnvironmentProblem
-from drills.gpg import private_home
-from drills.manifest import HashingReader, Manifest, MemberEntry
+from drills.config.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.runtime.gpg import private_home
+from drills.storage.manifest import HashingReader, Manifest, MemberEntry
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from drills.backup.series import Series
 from drills.backup.source import Bounds, Target, lock_wait, snapshot
 from drills.backup.verify import file_digests
 from drills.config import redact_text
-from drills.errors import ConfigError, DrillError, EnvironmentProblem
-from drills.manifest import FileEntry, Manifest
+from drills.config.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.storage.manifest import FileEntry, Manifest
 
 FORMATS = ("plain", "custom", "directory")
 COMPRESSIONS = ("gzip", "zstd", "none")

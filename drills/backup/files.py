@@ -45,9 +45,9 @@ from drills.backup.plausibility import size_causes
 from drills.backup.run import Run
 from drills.backup.series import Series
 from drills.backup.transfer import copy_object, run_all
-from drills.errors import ConfigError, DrillError, StorageError
-from drills.manifest import SUFFIX, FileEntry, Manifest, manifest_key, sha256_file
+from drills.config.errors import ConfigError, DrillError, StorageError
 from drills.storage import Storage
+from drills.storage.manifest import SUFFIX, FileEntry, Manifest, manifest_key, sha256_file
 
 log = logging.getLogger(__name__)
 

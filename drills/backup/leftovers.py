@@ -28,7 +28,7 @@ from drills.backup.common import PARTIAL, discard, human_size, parse_stamp
 from drills.backup.lock import Holder
 from drills.backup.series import Series, Stored
 from drills.storage import Storage
-from drills.storage_s3 import S3Storage
+from drills.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 

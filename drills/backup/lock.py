@@ -27,7 +27,7 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from drills.errors import DrillError, StorageError
+from drills.config.errors import DrillError, StorageError
 from drills.storage import ObjectChanged, ObjectExists, Storage
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import dataclasses
 import json
 from typing import Any
 
-from drills.manifest import Manifest
+from drills.storage.manifest import Manifest
 
 PRODUCER = "recovery-drills"
 TOP_LEVEL = ("producer", "estate", "suspect")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from drills.backup.common import human_size
 from drills.backup.series import Stored
-from drills.manifest import TableCount
+from drills.storage.manifest import TableCount
 
 SHRINK = 10
 """A backup under 1/SHRINK of the previous one's size is suspect."""

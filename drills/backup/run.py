@@ -53,10 +53,10 @@ from drills.backup.marks import mark
 from drills.backup.series import Series, Stored, list_series
 from drills.backup.transfer import send_backup, store_manifest
 from drills.backup.verify import Expected, verify_stored
-from drills.errors import DrillError, StorageError
-from drills.manifest import SUFFIX, Manifest, manifest_key
+from drills.config.errors import DrillError, StorageError
 from drills.storage import LocalStorage, Storage
-from drills.storage_s3 import S3Storage
+from drills.storage.manifest import SUFFIX, Manifest, manifest_key
+from drills.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 

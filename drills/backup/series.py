@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 
 from drills.backup.common import PARTIAL, STAMP, parse_stamp
 from drills.backup.marks import is_ours, suspect_causes
-from drills.errors import DrillError
-from drills.manifest import SUFFIX, Manifest
+from drills.config.errors import DrillError
 from drills.storage import ObjectInfo, Storage
+from drills.storage.manifest import SUFFIX, Manifest
 
 LOCK_NAME = ".drill-lock-"
 _MANIFEST_READERS = 8

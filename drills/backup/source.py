@@ -24,10 +24,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from drills import inventory
 from drills.config import redact_text
-from drills.errors import ConfigError, DrillError
-from drills.manifest import TableCount
+from drills.config.errors import ConfigError, DrillError
+from drills.restore import inventory
+from drills.storage.manifest import TableCount
 
 CONNECT_TIMEOUT = "10"
 APPLICATION = "drill-backup"
@@ -184,7 +184,7 @@ class Snapshot:
             self.snapshot = None
         self.database = str(self._one("SELECT current_database()"))
         self.server_version = str(self._one("SHOW server_version")).split()[0]
-        # what a drill projects its restore time to (drills.projection)
+        # what a drill projects its restore time to (drills.checks.projection)
         self.database_bytes = int(self._one("SELECT pg_database_size(current_database())"))
 
     def _one(self, query: str | sql.Composed) -> object:
@@ -205,7 +205,7 @@ class Snapshot:
         )
 
     def inventory(self) -> dict[str, list[str]]:
-        """The objects the database holds in the dump's snapshot (`drills.inventory`), as a
+        """The objects the database holds in the dump's snapshot (`drills.restore.inventory`), as a
         manifest keeps them: a drill names any of them its restore lacks."""
         try:
             return inventory.to_json(inventory.read_inventory(self.conn))

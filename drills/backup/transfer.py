@@ -21,9 +21,9 @@ from pathlib import Path
 
 from drills.backup.common import discard
 from drills.backup.marks import manifest_bytes
-from drills.errors import DrillError, StorageError
-from drills.manifest import Manifest, manifest_key
+from drills.config.errors import DrillError, StorageError
 from drills.storage import LocalStorage, ObjectExists, Storage
+from drills.storage.manifest import Manifest, manifest_key
 
 UPLOAD_THREADS = 8
 LAST = ("toc.dat", "backup_manifest")
@@ -91,7 +91,7 @@ def copy_object(storage: Storage, source: str, key: str) -> None:
                 f"{storage.url}/{key}: copy of {source} failed: {exc.strerror}"
             ) from None
         return
-    from drills.storage_s3 import S3Storage
+    from drills.storage.s3 import S3Storage
 
     if not isinstance(storage, S3Storage):
         with storage.open(source) as stream:

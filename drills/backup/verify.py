@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from drills.errors import IntegrityError
+from drills.config.errors import IntegrityError
 from drills.storage import Storage
-from drills.storage_s3 import MULTIPART_THRESHOLD
+from drills.storage.s3 import MULTIPART_THRESHOLD
 
 CHUNK = 1 << 20
 _MAX_PARTS = 10_000

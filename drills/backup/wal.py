@@ -8,7 +8,7 @@ Stored layout, one pair per archived file:
 
 - ``wal/<name>.gz``: the file, gzip-compressed (a segment switched early by `archive_timeout`
   is mostly zeros and shrinks from 16 MB to tens of KB);
-- ``wal/<name>.gz.manifest.json``: its manifest (`drills.manifest`, kind "wal"), written
+- ``wal/<name>.gz.manifest.json``: its manifest (`drills.storage.manifest`, kind "wal"), written
   last, so a manifest means the object is complete. `sha256`/`bytes` describe the stored
   object; ``extra.content_sha256``/``content_bytes`` the file as PostgreSQL wrote it.
 
@@ -39,10 +39,10 @@ from pathlib import Path
 
 from drills import __version__
 from drills.backup.common import os_error, utcnow
-from drills.errors import ConfigError, DrillError, IntegrityError
-from drills.manifest import Manifest, manifest_key, sha256_file
+from drills.config.errors import ConfigError, DrillError, IntegrityError
 from drills.storage import Storage
-from drills.walfile import (
+from drills.storage.manifest import Manifest, manifest_key, sha256_file
+from drills.storage.walfile import (
     BACKUP,
     LONG_HEADER_BYTES,
     check_segment,

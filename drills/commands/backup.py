@@ -20,7 +20,7 @@ from drills.backup import backup_config, backup_database, backup_files, destinat
 from drills.backup.common import BackupResult, Destination, human_size, os_error
 from drills.backup.source import Bounds
 from drills.config import Config, load_config
-from drills.errors import ConfigError
+from drills.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""`drill heartbeat`: write one heartbeat row per interval into production (see drills.heartbeat).
+"""`drill heartbeat`: write one heartbeat row per interval into production
+(`drills.backup.heartbeat`).
 
 This is the only command of the product that writes to production, and it writes only its
 own table, ``drill_heartbeat``. Run it as a service (systemd, a container) next to the
@@ -16,9 +17,9 @@ import threading
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from drills.backup.heartbeat import TABLE, run_heartbeat
 from drills.config import Config, load_config, parse_duration, redact_text
-from drills.errors import ConfigError
-from drills.heartbeat import TABLE, run_heartbeat
+from drills.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

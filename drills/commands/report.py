@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from drills import evidence
-from drills.errors import ConfigError
+from drills.config.errors import ConfigError
+from drills.report import evidence
 from drills.report.html import REPORT, render_run
 
 

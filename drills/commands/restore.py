@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from drills.config import Config, load_config
-from drills.errors import ConfigError
+from drills.config.errors import ConfigError
 from drills.storage import Storage, open_storage
 
 SAFETY_DIR = "safety-dumps"

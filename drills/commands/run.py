@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from drills.config import Config, load_config
-from drills.errors import ConfigError
+from drills.config.errors import ConfigError
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 KINDS = ("database", "files", "config", "system", "pitr", "freshness", "recovery")

@@ -14,13 +14,12 @@ import argparse
 import json
 from datetime import UTC, datetime, timedelta
 
-from drills import catalog
 from drills.backup.common import human_size
 from drills.backup.marks import suspect_causes
-from drills.clock import human
 from drills.config import CONFIG_ENV, DEFAULT_FILE, Config, load_config
-from drills.errors import ConfigError, DrillError
-from drills.storage import open_storage
+from drills.config.clock import human
+from drills.config.errors import ConfigError, DrillError
+from drills.storage import catalog, open_storage
 
 KINDS = ("database", "files", "config")
 WINDOW = timedelta(days=7)

@@ -13,12 +13,12 @@ from typing import TextIO
 
 import docker
 
-from drills import catalog
-from drills.catalog import Backup
-from drills.clock import StepTimeout, human
-from drills.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.config.clock import StepTimeout, human
+from drills.config.errors import ConfigError, DrillError, EnvironmentProblem
 from drills.runtime import engine
 from drills.runtime.labels import RunSession, sweep
+from drills.storage import catalog
+from drills.storage.catalog import Backup
 
 PROMPT_TIMEOUT = 600.0
 SHOWN = 5

@@ -1,6 +1,6 @@
 """`drill restore config`: decrypt and extract a config archive into a directory, mode 600.
 
-The drills' engine (`drills.restore_config.restore_config`) fetches the archive (sha256
+The drills' engine (`drills.restore.config.restore_config`) fetches the archive (sha256
 against its manifest), decrypts it with the passphrase from `[config] passphrase_env` and
 extracts it into a private temporary directory; the drills' checks (`check_config`: required
 files, .env files parse, members equal the manifest) must pass. Only then is anything written
@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from drills import catalog
-from drills.catalog import Backup
 from drills.config import Config
-from drills.errors import ConfigError, DrillError
+from drills.config.errors import ConfigError, DrillError
 from drills.record import DrillRecord
 from drills.recovery.common import choose, describe_backup, size
-from drills.restore_config import RestoredConfig, check_config, restore_config
-from drills.storage import Storage
+from drills.restore.config import RestoredConfig, check_config, restore_config
+from drills.storage import Storage, catalog
+from drills.storage.catalog import Backup
 
 CHUNK = 1 << 20
 SHOWN = 10

@@ -31,11 +31,10 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from drills import catalog, dumpinfo
-from drills.catalog import Backup
 from drills.checks import check_database, connect_restored
+from drills.checks.recovery_point import check_heartbeat_boundary, newest_heartbeat
 from drills.config import Config
-from drills.errors import ConfigError, DrillError
+from drills.config.errors import ConfigError, DrillError
 from drills.record import DrillRecord
 from drills.recovery import point_in_time, swap
 from drills.recovery.common import (
@@ -52,9 +51,9 @@ from drills.recovery.common import (
 from drills.recovery.point_in_time import PointInTimeSource
 from drills.recovery.safety import SafetyDump, dump_path, take_safety_dump
 from drills.recovery.target import Server, ToolsTarget
-from drills.recovery_point import check_heartbeat_boundary, newest_heartbeat
-from drills.restore import restore_database
-from drills.storage import Storage
+from drills.restore import dumpinfo, restore_database
+from drills.storage import Storage, catalog
+from drills.storage.catalog import Backup
 
 Say = Callable[[str], None]
 

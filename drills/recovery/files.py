@@ -4,7 +4,7 @@ The runbook it carries out:
 
 1. plan: choose the snapshot (a key, or the latest), the owner and mode (`[files] owner` and
    `mode`, else the replaced directory's owner and the snapshot's modes), check free space;
-2. restore with the drills' engine (`drills.restore_files.restore_files`: storage -> tar stream
+2. restore with the drills' engine (`drills.restore.files.restore_files`: storage -> tar stream
    -> a fresh labelled volume, every object hashed on the way);
 3. copy it into a sibling directory ``<dir>.restore_<ts>`` (same file system, so the swap is a
    rename), give it the owner and mode;
@@ -36,17 +36,16 @@ import docker
 import docker.errors
 import requests
 
-from drills import catalog
-from drills.catalog import Backup
-from drills.clock import StepTimeout, human
 from drills.config import Config
-from drills.errors import ConfigError, DrillError
+from drills.config.clock import StepTimeout, human
+from drills.config.errors import ConfigError, DrillError
 from drills.record import DrillRecord
 from drills.recovery.common import Workspace, choose, describe_backup, need_space, size, stamp
-from drills.restore_files import check_files, landed_files, restore_files
+from drills.restore.files import check_files, landed_files, restore_files
 from drills.runtime import images
 from drills.runtime.labels import RunSession
-from drills.storage import Storage
+from drills.storage import Storage, catalog
+from drills.storage.catalog import Backup
 
 HELPER_MAJOR = 15  # any image with bash, cp, find and sha256sum serves; ours is always there
 _AT_FDCWD = -100

@@ -1,6 +1,6 @@
 """`drill restore database --at TIME` from a base backup and archived WAL.
 
-The point-in-time engine of the pitr drill (`drills.pitr`, `drills.pitr_recovery`) recovers
+The point-in-time engine of the pitr drill (`drills.pitr`, `drills.pitr.recovery`) recovers
 the cluster to TIME in a labelled throwaway container: the latest base backup that ended at
 or before TIME (never a newer one), its WAL replayed up to TIME, then promoted. The database
 is then copied into the recovery's new database on the target server (`pg_dump` in that
@@ -25,11 +25,11 @@ from datetime import datetime
 from psycopg import sql
 
 from drills import pitr
-from drills.clock import StepTimeout, human
 from drills.config import Config
-from drills.errors import DrillError
-from drills.pitr_container import RecoveryContainer
-from drills.pitr_recovery import Recovery
+from drills.config.clock import StepTimeout, human
+from drills.config.errors import DrillError
+from drills.pitr.container import RecoveryContainer
+from drills.pitr.recovery import Recovery
 from drills.recovery.common import Workspace, iso
 from drills.recovery.target import ToolsTarget
 from drills.runtime import images

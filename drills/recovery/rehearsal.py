@@ -1,7 +1,7 @@
 """The recovery drill's mechanics: a throwaway production, backed up, then changed, on which
 the `drill restore` commands run exactly as a user runs them (the CLI, as a subprocess).
 
-The production is the embedded estate (`drills.estate`): the sample application's database
+The production is the embedded estate (`drills.runtime.estate`): the sample application's database
 and API in labelled containers, an uploads directory and config files on this host. It is
 backed up by the producers into a private ``file://`` storage (never the estate's real one),
 and its drill.toml stops and starts the API around the database swap (`[database]
@@ -31,13 +31,13 @@ from drills.backup.common import BackupResult, destination, stamp
 from drills.backup.config_archive import backup_config
 from drills.backup.database import backup_database
 from drills.backup.files import backup_files
+from drills.backup.heartbeat import run_heartbeat
+from drills.checks.recovery_point import newest_heartbeat
 from drills.config import load_config
-from drills.estate import DATABASE, ProductionEstate, write_config_files
-from drills.heartbeat import run_heartbeat
-from drills.manifest import manifest_key
-from drills.recovery_point import newest_heartbeat
+from drills.runtime.estate import DATABASE, ProductionEstate, write_config_files
 from drills.runtime.labels import RunSession
 from drills.storage import LocalStorage
+from drills.storage.manifest import manifest_key
 
 PASSPHRASE_ENV = "DRILL_RECOVERY_PASSPHRASE"
 TABLES = ("users", "transactions", "audit_logs")

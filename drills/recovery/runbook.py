@@ -20,12 +20,11 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from drills import catalog
-from drills.clock import human
 from drills.config import Config
-from drills.errors import DrillError
+from drills.config.clock import human
+from drills.config.errors import DrillError
 from drills.recovery.common import iso
-from drills.storage import open_storage
+from drills.storage import catalog, open_storage
 
 KINDS = ("database", "files", "config")
 # The recovery drill's phase for each command, and the drill whose phases stand in otherwise.

@@ -26,10 +26,10 @@ import psycopg
 from psycopg import sql
 
 from drills import __version__
-from drills.clock import StepTimeout, human
-from drills.errors import DrillError
-from drills.manifest import SUFFIX, Manifest, TableCount, sha256_file
+from drills.config.clock import StepTimeout, human
+from drills.config.errors import DrillError
 from drills.recovery.target import ToolsTarget
+from drills.storage.manifest import SUFFIX, Manifest, TableCount, sha256_file
 
 PREFIX = "database/"
 _TABLES = """

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from drills.errors import DrillError
+from drills.config.errors import DrillError
 from drills.recovery.target import Server
 
 NAME_MAX = 63  # Postgres truncates longer identifiers: two long names could collide

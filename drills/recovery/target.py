@@ -24,7 +24,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drills.config import redact_text
-from drills.errors import ConfigError, DrillError
+from drills.config.errors import ConfigError, DrillError
 from drills.runtime import images
 from drills.runtime.containers import LabelledContainer
 from drills.runtime.labels import RunSession

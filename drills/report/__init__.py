@@ -5,7 +5,12 @@
 >>> run_dir = Path("reports/20250115T020000.000000Z")
 >>> finalize_run(run_dir, load_config("drill.toml"))  # doctest: +SKIP
 
-The pytest-html and Allure side lives in `drills.report.pytest_extras` (pytest hooks).
+The pytest-html and Allure side lives in `drills.report.pytest_extras` (pytest hooks);
+`evidence` holds the artefact hashes, the signature and the history.
+
+The report reads the drill record (drill.json) and nothing else of a run: it may import
+`drills.record` and `drills.config` only, never the containers, the storage or the engines
+(a contract in pyproject.toml says so). The face and the plugin import it.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from drills import evidence
-from drills.config_schema import Config, redact_text
-from drills.errors import ConfigError, DrillError
+from drills.config.errors import ConfigError, DrillError
+from drills.config.schema import Config, redact_text
+from drills.report import evidence
 from drills.report.html import REPORT, write_report
 
 __all__ = ["REPORT", "finalize_run", "write_report"]

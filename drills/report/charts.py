@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from drills.clock import PHASES, human
+from drills.config.clock import PHASES, human
 
 WIDTH = 720
 LABEL_W = 96

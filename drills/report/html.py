@@ -19,9 +19,8 @@ from typing import Any
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader
 from markupsafe import Markup
 
-from drills import evidence
-from drills.config_schema import redact_text
-from drills.report import charts
+from drills.config.schema import redact_text
+from drills.report import charts, evidence
 from drills.report.charts import duration
 
 REPORT = "drill-report.html"

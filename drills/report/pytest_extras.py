@@ -5,10 +5,8 @@ table, targets and checks as the test's extras. Allure (when `--alluredir` is gi
 estate and the drill kind as labels, one step per phase named with its time, and the drill
 record, the backup's manifest and container logs as attachments.
 
-When the drill's test finishes, the containers of its run that are still up are described
-in the record (`containers`: image, image id, client tool versions) and, when it failed, the
-tail of their logs goes into the record too (`logs`): drill.json and the HTML report show
-both. Everything taken from outside passes through the harness's redaction.
+The containers of the drill's run reach these reports through the record (`containers`,
+`logs`: filled by the plugin from `drills.runtime.facts`); this module reads the record only.
 
 Loaded by the recovery-drills plugin: `pytest_plugins = ["drills.report.pytest_extras"]`.
 """
@@ -20,21 +18,18 @@ import logging
 import uuid
 from typing import Any
 
-import docker.errors
 import pytest
 from markupsafe import escape
 
-from drills.config_schema import redact_text
-from drills.errors import DrillError
-from drills.plugin import _NODE_RECORD as NODE_RECORD
+from drills.config.errors import DrillError
+from drills.config.schema import redact_text
 from drills.record import DrillRecord
 from drills.report.charts import duration
-from drills.runtime import labels
 
 log = logging.getLogger(__name__)
 
-LOG_LINES = 60
-TOOLS = "pg_dump --version; pg_restore --version; psql --version"
+NODE_RECORD = pytest.StashKey[DrillRecord]()
+"""Where the plugin keeps a drill test's record on its item."""
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -46,7 +41,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     try:
         if report.when == "call":
-            _describe_containers(item, record, with_logs=report.failed)
             if item.config.pluginmanager.has_plugin("html"):
                 report.extras = [*getattr(report, "extras", []), _html_extra(record)]
             if item.config.pluginmanager.has_plugin("allure_listener"):
@@ -123,54 +117,6 @@ def _html_extra(record: DrillRecord) -> dict[str, Any]:
         f"</table><table><tr><th>Phase</th><th>Time</th></tr>{phases}</table>"
         f"<table><tr><th>Check</th><th>Result</th><th>Evidence</th></tr>{checks}</table></div>"
     )
-
-
-# --- containers ---------------------------------------------------------------------------
-
-
-def _describe_containers(item: pytest.Item, record: DrillRecord, with_logs: bool) -> None:
-    # item.funcargs holds every fixture of the test's closure, the session's ones included.
-    client, session = item.funcargs.get("docker_client"), item.funcargs.get("run_session")
-    if client is None or session is None:
-        return
-    mine = [f"{labels.PROJECT}={labels.PROJECT_VALUE}", f"{labels.RUN}={session.run_id}"]
-    try:
-        containers = labels.list_containers(client, {"label": mine})
-    except docker.errors.DockerException as exc:
-        record.notes.append(f"the run's containers could not be listed for the report: {exc}")
-        return
-    record.extra["containers"] = [_container_facts(c) for c in containers]
-    if with_logs and containers:
-        logs = record.extra.setdefault("logs", {})
-        for container in containers:
-            logs.setdefault(container.name, _logs_tail(container))
-
-
-def _container_facts(container) -> dict[str, Any]:
-    config = container.attrs.get("Config") or {}
-    role = (config.get("Labels") or {}).get(labels.ROLE)
-    facts = {
-        "name": container.name,
-        "role": role,
-        "image": config.get("Image"),
-        "image_id": container.attrs.get("Image"),
-        "state": container.status,
-    }
-    if role == "postgres" and container.status == "running":
-        try:
-            result = container.exec_run(["sh", "-c", TOOLS])
-            facts["tools"] = result.output.decode(errors="replace").strip().splitlines()
-        except docker.errors.DockerException as exc:
-            facts["tools"] = [f"unknown ({exc})"]
-    return facts
-
-
-def _logs_tail(container) -> str:
-    try:
-        raw = container.logs(tail=LOG_LINES)
-    except docker.errors.DockerException as exc:
-        return f"(no logs: {exc})"
-    return redact_text(raw.decode(errors="replace").rstrip()) or "(no output)"
 
 
 # --- Allure -------------------------------------------------------------------------------

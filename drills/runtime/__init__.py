@@ -8,6 +8,10 @@ module of this package imports it:
 - The machines this runs on carry /.dockerenv, so testcontainers would connect through the
   bridge gateway; `docker_host` mode makes it use published ports on the Docker host, i.e.
   127.0.0.1, so test traffic stays on loopback.
+
+Besides: `estate` (the embedded demo "production"), `gpg` (a private gpg home), `facts` (the
+run's containers described into a drill record). It may import `drills.record` and
+`drills.config` only; it never imports `drills.storage` (a sibling) or anything above it.
 """
 
 import os

@@ -10,7 +10,7 @@ import docker.errors
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from drills.errors import DrillError
+from drills.config.errors import DrillError
 from drills.runtime.labels import RunSession
 
 LOOPBACK = "127.0.0.1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker
 import docker.errors
 
-from drills.errors import EnvironmentProblem
+from drills.config.errors import EnvironmentProblem
 
 ADVICE = (
     "start one with `sudo scripts/docker-engine.sh` (Debian, as root: installs docker.io and "

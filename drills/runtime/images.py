@@ -28,7 +28,7 @@ import docker
 import docker.errors
 
 from drills import __version__
-from drills.errors import EnvironmentProblem
+from drills.config.errors import EnvironmentProblem
 
 log = logging.getLogger(__name__)
 

@@ -231,7 +231,14 @@ class PostgresContainer(LabelledContainer):
         what = f"Postgres container ({self.image})"
         if self.warm:
             client = self.get_docker_client().client
-            tag = warm_image(client, self.image, self.user, self.session, *_WARM_ARGS)
+            source, session, user = self.image, self.session, self.user
+            tag = warm_image(
+                client,
+                source,
+                user,
+                *_WARM_ARGS,
+                template=lambda: PostgresContainer(source, session, user=user, inbox=False),
+            )
             if tag is not None:
                 self.image, self._warmed, self._spare = tag, True, SPARE_DATABASE
                 # As root, the entrypoint's `chown -R` of the data directory would copy every

@@ -12,7 +12,11 @@ Only drill restore targets use warm images. Images that keep their data director
 declared volume (the official ``postgres:<major>``) gain nothing from a commit; they are
 started cold. Any failure to make a warm image falls back to the cold start.
 
-    >>> warm_image(client, image, "postgres", session, "--no-sync", PGDATA)  # doctest: +SKIP
+It knows no container class: the caller hands it `template`, a factory of the container that
+initialises the data directory (`drills.runtime.postgres` passes its own).
+
+    >>> warm_image(client, image, "postgres", "--no-sync", PGDATA,
+    ...            template=make_template)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import docker
 import docker.errors
 
 from drills.runtime.images import cache_dir
-from drills.runtime.labels import RunSession
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +49,16 @@ def warm_image(
     client: docker.DockerClient,
     image: str,
     user: str,
-    session: RunSession,
     initdb_args: str,
     data_dir: str,
+    *,
+    template: Callable[[], Any],
 ) -> str | None:
     """The warm image of `image` for superuser `user`, made now if missing; None if the
-    image cannot have one (its data directory is a volume) or making it failed."""
+    image cannot have one (its data directory is a volume) or making it failed.
+
+    `template()` gives a new, unstarted Postgres container of `image` for `user` (with
+    `with_env`, `on_network`, `start_ready`, `connect`, `get_wrapped_container`, `stop`)."""
     try:
         source = client.images.get(image)
     except docker.errors.DockerException:
@@ -64,7 +72,7 @@ def warm_image(
     try:
         with _lock(key):
             if not _exists(client, tag):
-                _make(client, image, source, user, session, initdb_args, tag)
+                _make(template(), image, source, user, initdb_args, tag)
     except (docker.errors.DockerException, OSError, RuntimeError) as exc:
         log.warning("no warm image of %s (starting cold): %s", image, exc)
         return None
@@ -72,18 +80,7 @@ def warm_image(
     return tag
 
 
-def _make(
-    client: docker.DockerClient,
-    image: str,
-    source,
-    user: str,
-    session: RunSession,
-    initdb_args: str,
-    tag: str,
-) -> None:
-    from drills.runtime.postgres import PostgresContainer
-
-    template = PostgresContainer(image, session, user=user, inbox=False)
+def _make(template: Any, image: str, source, user: str, initdb_args: str, tag: str) -> None:
     template.with_env("POSTGRES_INITDB_ARGS", initdb_args)
     template.on_network(None)
     template.start_ready(120)

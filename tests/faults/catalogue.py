@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from drills.manifest import Manifest, TableCount
+from drills.storage.manifest import Manifest, TableCount
 from fixtures.estate_backups import (
     DB,
     put_config_archive,

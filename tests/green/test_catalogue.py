@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from drills.s3server import EmbeddedS3
+from drills.storage.s3server import EmbeddedS3
 from fixtures import shapes
 from fixtures.estate_backups import drill_cli, run_drill, write_drill_toml
 from fixtures.shapes import CHECKS, DB, ROLES, SUPERUSER, ShopBackups

@@ -1,0 +1,85 @@
+"""The steps a scenario is told in: locate a backup, describe it, conclude the verdict.
+
+Scenarios read like the runbook they prove; the mechanics of each step live here and in the
+modules it calls.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from drills.config.clock import Target, human
+from drills.config.errors import DrillError
+from drills.record import DrillRecord
+from drills.storage import Storage, catalog
+from drills.storage.catalog import Backup
+
+
+class DrillFailed(DrillError):
+    """The drill ran to its end and some check or target failed; the message lists why."""
+
+
+def locate(storage: Storage, kind: str, record: DrillRecord, prefix: str | None = None) -> Backup:
+    """Find the latest backup of a kind and describe it in the record."""
+    return locate_with_previous(storage, kind, record, prefix)[0]
+
+
+def locate_with_previous(
+    storage: Storage, kind: str, record: DrillRecord, prefix: str | None = None
+) -> tuple[Backup, Backup | None]:
+    """The latest backup of a kind (described in the record) and the one before it, the
+    plausibility checks' baseline in storage (None when it is the only one)."""
+    with record.watch.phase("locate"):
+        backups = catalog.list_backups(storage, kind, prefix)
+        backup = catalog.latest(backups)
+    earlier = [b for b in backups if (b.taken_at, b.key) < (backup.taken_at, backup.key)]
+    previous = catalog.latest(earlier) if earlier else None
+    record.backup = describe(backup)
+    if backup.manifest_key is None:
+        record.notes.append(
+            f"{backup.key} has no manifest: integrity rests on the compressor's own check "
+            "and the restore itself; row counts and checksums cannot be compared"
+        )
+    return backup, previous
+
+
+def describe(backup: Backup) -> dict:
+    """The backup as drill.json shows it."""
+    manifest = backup.manifest
+    return {
+        "key": backup.key,
+        "taken_at": backup.taken_at.isoformat(),
+        "time_source": backup.time_source,
+        "bytes": manifest.bytes if manifest and manifest.bytes is not None else backup.size,
+        "sha256": manifest.sha256 if manifest else None,
+        "manifest": backup.manifest_key,
+        "format": backup.format,
+        "compression": backup.compression,
+        "encrypted": backup.encrypted,
+    }
+
+
+def conclude(
+    record: DrillRecord,
+    rto_target_s: float | None,
+    rpo_target_s: float | None,
+    taken_at: datetime | None,
+) -> None:
+    """Measure RTO and RPO, then fail with every cause if a check or a target failed."""
+    measured_rto = record.watch.finish()
+    record.rto = Target(rto_target_s, measured_rto)
+    if taken_at is not None:
+        age = (record.watch.started_at - taken_at.astimezone(UTC)).total_seconds()
+        record.rpo = Target(rpo_target_s, max(age, 0.0))
+    causes = [f"check failed: {c.name}: {c.detail}" for c in record.failed_checks]
+    if record.rto.met is False:
+        causes.append(
+            f"RTO over target: measured {human(measured_rto)}, target {human(rto_target_s)}"
+        )
+    if record.rpo.met is False:
+        causes.append(
+            f"RPO over target: the backup is {human(record.rpo.measured_s)} old at drill start, "
+            f"target {human(rpo_target_s)} (stale backup)"
+        )
+    if causes:
+        raise DrillFailed("; ".join(causes))

@@ -1,0 +1,65 @@
+"""What a dump says about itself: the Postgres major it was taken from, read from its header.
+
+Used when a backup has no manifest (the original runbook's dumps): plain SQL dumps start with
+`-- Dumped from database version 15.14 (...)`; custom-format archives carry the server
+version string in their header.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import zlib
+
+from drills.config.errors import IntegrityError
+from drills.storage import Storage
+from drills.storage.catalog import Backup
+
+PEEK_BYTES = 256 * 1024
+_PLAIN = re.compile(rb"Dumped from database version (\d+)(?:\.(\d+))?")
+_ARCHIVE = re.compile(rb"(\d{2,})\.(\d+)(?: \(|\x00|$)")
+
+
+def backup_major(storage: Storage, backup: Backup) -> tuple[int | None, str]:
+    """The major version a database backup was taken from, and where that came from."""
+    manifest = backup.manifest
+    if manifest is not None and manifest.server_version:
+        return int(manifest.server_version.split(".")[0]), "manifest"
+    head = _peek(storage, backup)
+    if backup.format == "plain":
+        found = _PLAIN.search(head)
+        if found:
+            return int(found.group(1)), "dump header"
+        return None, "dump header has no version line"
+    if head.startswith(b"PGDMP"):
+        found = _ARCHIVE.search(head[5:4096])
+        if found:
+            return int(found.group(1)), "archive header"
+    return None, "archive header has no server version"
+
+
+def _peek(storage: Storage, backup: Backup) -> bytes:
+    """The first bytes of the dump, decompressed where the format compresses the whole file."""
+    key = backup.key
+    if backup.is_directory:
+        key = backup.key + "toc.dat"
+    stream = storage.open(key)
+    try:
+        raw = stream.read(PEEK_BYTES)
+    finally:
+        stream.close()
+    if not raw:
+        raise IntegrityError(f"{key}: the backup is empty (0 bytes)")
+    if backup.format != "plain" or backup.compression == "none":
+        return raw
+    if backup.compression == "gzip":
+        try:
+            return zlib.decompressobj(wbits=47).decompress(raw, PEEK_BYTES * 4)
+        except zlib.error as exc:
+            raise IntegrityError(f"{key}: gzip stream is corrupt ({exc})") from None
+    if backup.compression == "zstd":
+        result = subprocess.run(
+            ["zstd", "-dc"], input=raw, capture_output=True, timeout=30, check=False
+        )
+        return result.stdout
+    return raw

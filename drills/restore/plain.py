@@ -1,0 +1,357 @@
+"""Plain SQL restores: one pass over the script, from the storage to psql.
+
+    storage -> sha256 -> gunzip (in process) -> DumpScan -> named pipe -> psql ON_ERROR_STOP
+
+A reader thread pulls the object from the storage and hashes it; a pump thread inflates gzip
+in process (zlib: less CPU than a gunzip process and one pipe fewer; zstd still goes
+through its own process), reads the script as it passes (`drills.restore.dumpscan.DumpScan`: the
+roles each block refers to are created before psql gets the block, the completion marker,
+what the dump declares, statements that must not run as written) and writes it to psql.
+
+Causes, in order of blame: the storage failing; the bytes disagreeing with the manifest
+(the rest of the object is still read and hashed when psql stops early, so the size or
+checksum is only blamed when the bytes themselves disagree); the compressed stream corrupt
+or ending early; the pump's own failure (a role that cannot be created, a script for two
+databases); then psql's error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from drills.config.clock import StepTimeout
+from drills.config.errors import DrillError, IntegrityError, StorageError
+from drills.restore.common import (
+    Drain,
+    RestoreError,
+    RestoreResult,
+    RoleMaker,
+    died,
+    raise_causes,
+    tool_failure,
+    wait_all,
+)
+from drills.restore.dumpscan import DumpScan
+from drills.restore.fetch import open_if_read
+from drills.runtime.postgres import PostgresContainer
+from drills.storage import Storage
+from drills.storage.catalog import Backup
+from drills.storage.manifest import HashingReader
+
+CHUNK = 1024 * 1024
+# Inflated output per step: a highly compressible megabyte must not become a gigabyte in RAM.
+INFLATE_MAX = 4 * CHUNK
+QUEUED_CHUNKS = 16
+COMPRESSIONS = ("gzip", "zstd", "none")
+ZSTD = ["zstd", "-dc", "-q"]
+PIPE_OPEN_SECONDS = 60
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def restore_plain(
+    storage: Storage,
+    backup: Backup,
+    pg: PostgresContainer,
+    dbname: str,
+    timeout: float,
+    roles: RoleMaker,
+) -> RestoreResult:
+    """Stream a plain SQL dump into `dbname` through psql, once; raise with a named cause."""
+    started = time.monotonic()
+    if backup.compression not in COMPRESSIONS:
+        raise RestoreError(f"{backup.key}: unknown compression {backup.compression!r}")
+    psql_argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d", dbname]
+    pipe = pg.inbox_paths(f"{dbname}-{secrets.token_hex(4)}.sql")
+    if pipe is not None:
+        os.mkfifo(pipe[0], 0o600)
+        psql_argv += ["-f", pipe[1]]
+    psql = subprocess.Popen(
+        pg.exec_argv(psql_argv, interactive=pipe is None),
+        stdin=subprocess.DEVNULL if pipe else subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    errors = {"psql": Drain(psql.stderr)}
+    unzstd = None
+    scan = DumpScan(database=dbname)
+    manifest = backup.manifest
+    try:
+        sink = psql.stdin if pipe is None else _open_pipe(pipe[0], psql, timeout)
+        _widen(sink)
+        if backup.compression == "zstd":
+            unzstd = subprocess.Popen(
+                ZSTD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            errors["zstd"] = Drain(unzstd.stderr)
+            _widen(unzstd.stdout)
+            into, source = unzstd.stdin, _FileSource(unzstd.stdout)
+        else:
+            into = source = _ChunkPipe()
+        gunzip = _Gunzip(backup.key) if backup.compression == "gzip" else None
+        # With a manifest, bytes the consumer never took are still read and hashed, so that
+        # a size or checksum is only blamed when the bytes themselves disagree.
+        reader = _Reader(storage, backup.key, into, drain=manifest is not None)
+        pump = _Pump(source, sink, scan, roles, gunzip)
+        if sink is None:
+            pump.stopped = True  # psql exited before it opened its input; its error says why
+        reader.start()
+        pump.start()
+        procs = [p for p in (unzstd, psql) if p is not None]
+        wait_all(procs, [reader, pump], timeout, f"restore of {backup.key}")
+    finally:
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(pipe[0])
+    causes: list[DrillError] = []
+    if reader.error is not None:
+        causes.append(reader.error)
+    if manifest is not None and reader.error is None and reader.complete:
+        try:
+            reader.hashed.verify(manifest.sha256, manifest.bytes, backup.key)
+        except IntegrityError as exc:
+            causes.append(exc)
+    # zstd killed by SIGPIPE only saw its reader stop first: that reader's error is the cause.
+    if unzstd is not None and unzstd.returncode not in (0, -signal.SIGPIPE):
+        detail = errors["zstd"].text().strip() or f"exit {unzstd.returncode}"
+        causes.append(
+            IntegrityError(f"{backup.key}: zstd stream is corrupt or ends early ({detail})")
+        )
+    if pump.error is not None:
+        causes.append(pump.error)
+    if psql.returncode != 0:
+        output = errors["psql"].text()
+        died(pg, backup, causes, output)  # first: the target's death explains the rest
+        causes.append(tool_failure(backup, "psql", output))
+    raise_causes(causes)
+    seconds = time.monotonic() - started
+    how = "a named pipe" if pipe else "docker exec's stdin"
+    return RestoreResult(
+        bytes_read=reader.hashed.bytes_read,
+        sha256=reader.hashed.sha256,
+        seconds=seconds,
+        method=f"stream {backup.compression} -> psql (ON_ERROR_STOP) through {how}",
+        stages={"load": round(seconds, 3)},
+        facts=scan,
+        notes=[f"not run as written: {what}" for what in scan.rewritten[:10]],
+    )
+
+
+def _widen(stream: BinaryIO | None) -> None:
+    """A 1 MiB pipe buffer: fewer wake-ups per megabyte than the default 64 KiB."""
+    if stream is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, CHUNK)
+
+
+def _open_pipe(path: os.PathLike[str], psql: subprocess.Popen, timeout: float) -> BinaryIO | None:
+    """The pipe's write end once psql has opened it; None if psql exited first."""
+    deadline = time.monotonic() + min(timeout, PIPE_OPEN_SECONDS)
+    while time.monotonic() < deadline:
+        fd = open_if_read(path)
+        if fd is not None:
+            return os.fdopen(fd, "wb", buffering=0)
+        if psql.poll() is not None:
+            return None
+        time.sleep(0.005)
+    psql.kill()
+    raise StepTimeout(f"psql did not open its input within {PIPE_OPEN_SECONDS} s")
+
+
+class _ChunkPipe:
+    """A bounded hand-over of chunks between two threads, with a pipe's manners: a write
+    after the reader went is a BrokenPipeError, a read after the writer closed is b""."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes] = queue.Queue(QUEUED_CHUNKS)
+        self._reader_gone = threading.Event()
+
+    def write(self, data: bytes) -> None:
+        while not self._reader_gone.is_set():
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise BrokenPipeError
+
+    def close(self) -> None:
+        """The writer is done (the reader gets b"" after the last chunk)."""
+        with contextlib.suppress(BrokenPipeError):
+            self.write(b"")
+
+    def read_chunk(self) -> bytes:
+        return self._queue.get()
+
+    def reader_close(self) -> None:
+        self._reader_gone.set()
+
+
+class _FileSource:
+    """A decompressor's stdout, read a chunk at a time."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+
+    def read_chunk(self) -> bytes:
+        return os.read(self.stream.fileno(), CHUNK)
+
+    def reader_close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+
+
+class _Gunzip:
+    """gzip inflated in process, every member to its end; corruption and a missing end of
+    stream are named with the compressed byte where they show."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.consumed = 0
+        self._inflate = zlib.decompressobj(wbits=31)
+
+    def inflate(self, data: bytes) -> Iterator[bytes]:
+        """The inflated bytes of the next compressed chunk, at most INFLATE_MAX at a time."""
+        while data:
+            if self._inflate.eof:
+                if not data.startswith(_GZIP_MAGIC):
+                    raise IntegrityError(
+                        f"{self.key}: gzip stream is corrupt: bytes after its end at "
+                        f"compressed byte {self.consumed}"
+                    )
+                self._inflate = zlib.decompressobj(wbits=31)  # another member follows
+            try:
+                out = self._inflate.decompress(data, INFLATE_MAX)
+            except zlib.error as exc:
+                raise IntegrityError(
+                    f"{self.key}: gzip stream is corrupt near compressed byte {self.consumed} "
+                    f"({exc})"
+                ) from None
+            rest = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
+            self.consumed += len(data) - len(rest)
+            data = rest
+            if out:
+                yield out
+
+    def finish(self) -> None:
+        """The compressed stream ended: it must have ended where gzip ends."""
+        if not self._inflate.eof:
+            raise IntegrityError(
+                f"{self.key}: gzip stream is corrupt or ends early: it stops at compressed byte "
+                f"{self.consumed} without gzip's end of stream (a truncated upload or copy?)"
+            )
+
+
+class _Reader(threading.Thread):
+    """Copies a storage object into a pipe, hashing it; remembers the first error.
+
+    When the pipe's reader stops early, `drain` keeps reading (and hashing) to the end of the
+    object, so its size and checksum can still be compared with the manifest.
+    """
+
+    def __init__(self, storage: Storage, key: str, sink, *, drain: bool) -> None:
+        super().__init__(daemon=True, name=f"read {key}")
+        self.storage, self.key, self.sink, self.drain = storage, key, sink, drain
+        self.hashed: HashingReader = HashingReader(_Empty())
+        self.error: BaseException | None = None
+        self.complete = False
+        """The whole object was read (passed on, or drained after the reader stopped)."""
+
+    def run(self) -> None:
+        try:
+            self.hashed = HashingReader(self.storage.open(self.key))
+            with self.hashed:
+                writing = True
+                while chunk := self.hashed.read(CHUNK):
+                    if not writing:
+                        continue
+                    try:
+                        self.sink.write(chunk)
+                    except BrokenPipeError:
+                        if not self.drain:
+                            return  # nothing to compare the rest with; the reader's error rules
+                        writing = False
+                self.complete = True
+        except StorageError as exc:
+            self.error = exc
+        except Exception as exc:
+            self.error = StorageError(f"{self.key}: reading from storage failed: {exc}")
+        finally:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.sink.close()
+
+
+class _Pump(threading.Thread):
+    """Inflates (gzip), scans and writes the script to psql, creating the roles each block
+    refers to before psql gets it. Stops when psql stops (its error is the cause); keeps the
+    first error of its own."""
+
+    def __init__(
+        self,
+        source,
+        sink: BinaryIO | None,
+        scan: DumpScan,
+        roles: RoleMaker,
+        gunzip: _Gunzip | None,
+    ) -> None:
+        super().__init__(daemon=True, name="pump")
+        self.source, self.sink, self.scan, self.roles = source, sink, scan, roles
+        self.gunzip = gunzip
+        self.error: DrillError | None = None
+        self.stopped = False
+
+    def run(self) -> None:
+        try:
+            while not self.stopped:
+                chunk = self.source.read_chunk()
+                if not chunk:
+                    if self.gunzip is not None:
+                        self.gunzip.finish()
+                    self._send(self.scan.end())
+                    break
+                for piece in self.gunzip.inflate(chunk) if self.gunzip else (chunk,):
+                    self._send(self.scan.feed(piece))
+                    if self.stopped:
+                        break
+        except DrillError as exc:
+            self.error = exc
+        except OSError as exc:
+            self.error = RestoreError(f"passing the script to psql failed: {exc}")
+        finally:
+            self.source.reader_close()
+            if self.sink is not None:
+                with contextlib.suppress(OSError):
+                    self.sink.close()
+
+    def _send(self, ready: bytes | memoryview) -> None:
+        if self.scan.new_roles:
+            self.roles.ensure(self.scan.new_roles)
+            self.scan.new_roles = set()
+        if self.sink is None:
+            self.stopped = True
+            return
+        view = memoryview(ready)
+        try:
+            while view:
+                view = view[self.sink.write(view) :]
+        except BrokenPipeError:
+            self.stopped = True  # psql stopped reading: its exit status names why
+
+
+class _Empty:
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,299 @@
+"""Find backups in a storage: the latest, the latest at or before a time, the oldest kept.
+
+Backups are recognised by the seed runbook's names and prefixes, so backups made by its bash
+scripts (no manifests) are drillable as they are:
+
+- database (``database/``): ``<db>_<YYYYMMDD_HHMMSS>`` + ``.sql.gz`` (the seed's), ``.sql``,
+  ``.sql.zst``, ``.dump`` (custom format), each optionally ``.gpg``; a directory-format dump
+  is a directory holding ``toc.dat`` (``<db>_<TS>.dir/`` or ``<db>_<TS>/``).
+- files (``files/``): snapshot directories ``files/<YYYYMMDD_HHMMSS>/``; ``files/current``
+  (a symlink locally, a marker object or a synced copy on S3) is the live mirror, not a backup.
+- config (``config/``): ``config_<YYYYMMDD_HHMMSS>.tar.gz``, optionally ``.gpg``.
+
+When a backup was taken: its manifest's ``started_at`` when it has one (a dump is consistent
+as of its start), else the time in its name, read as **UTC** (the seed scripts ran
+``date +%Y%m%d_%H%M%S`` on servers kept in UTC; write a manifest if yours were not), else the
+object's modification time. `Backup.time_source` says which. Listing reads the manifests
+(small JSON sidecars, see `drills.storage.manifest`), never a backup's body.
+
+Example::
+
+    from drills.storage.catalog import latest, list_backups
+    from drills.storage import open_storage
+
+    backups = list_backups(open_storage("file:///var/backups"), "database")
+    print(latest(backups).key)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from drills.config.errors import ConfigError, DrillError, IntegrityError, StorageError
+from drills.storage import ObjectInfo, Storage
+from drills.storage.manifest import SUFFIX, Manifest, manifest_key
+
+DEFAULT_PREFIXES = {"database": "database/", "files": "files/", "config": "config/"}
+
+_TS = r"(?P<ts>\d{8}_\d{6})"
+_DB_FILE = re.compile(
+    rf"^(?P<db>.+)_{_TS}(?P<ext>\.sql\.gz|\.sql\.zst|\.sql|\.dump)(?P<gpg>\.gpg)?$"
+)
+_DB_FILE_ANY = re.compile(r"^.+(?P<ext>\.sql\.gz|\.sql\.zst|\.sql|\.dump)(?P<gpg>\.gpg)?$")
+_DB_DIR = re.compile(rf"^(?P<db>.+)_{_TS}(?:\.dir)?$")
+_SNAPSHOT = re.compile(rf"^{_TS}$")
+_CONFIG = re.compile(r"^.+(?P<ext>\.tar\.gz|\.tgz|\.tar\.zst|\.tar)(?P<gpg>\.gpg)?$")
+_CONFIG_TS = re.compile(rf"_{_TS}\.")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_FORMATS = {
+    ".sql": ("plain", "none"),
+    ".sql.gz": ("plain", "gzip"),
+    ".sql.zst": ("plain", "zstd"),
+    ".dump": ("custom", "none"),
+    ".tar": ("tar", "none"),
+    ".tar.gz": ("tar", "gzip"),
+    ".tgz": ("tar", "gzip"),
+    ".tar.zst": ("tar", "zstd"),
+}
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One backup in a storage. Directory backups have a key ending in '/'.
+
+    `format`, `compression` and `encrypted` come from the manifest when it has been read,
+    else from the name. Reading `manifest` raises the manifest's problem (unparsable,
+    vanished, another kind) if it had one: a bad manifest is never silently ignored.
+    """
+
+    kind: str
+    key: str
+    taken_at: datetime
+    time_source: str
+    size: int
+    manifest_key: str | None = None
+    format: str = "plain"
+    compression: str = "none"
+    encrypted: bool = False
+    database: str | None = None
+    storage_class: str | None = None
+    manifest_problem: str | None = None
+    loaded_manifest: Manifest | None = field(default=None, repr=False)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The parsed manifest, None if there is none; raises IntegrityError if it is bad."""
+        if self.manifest_problem:
+            raise IntegrityError(self.manifest_problem)
+        return self.loaded_manifest
+
+    @property
+    def is_directory(self) -> bool:
+        """Whether the backup is a directory (a directory-format dump or a files snapshot)."""
+        return self.key.endswith("/")
+
+
+@dataclass
+class _Candidate:
+    key: str
+    size: int = 0
+    modified: datetime = _EPOCH
+    name_time: datetime | None = None
+    format: str = "plain"
+    compression: str = "none"
+    encrypted: bool = False
+    database: str | None = None
+    storage_class: str | None = None
+
+    def add(self, info: ObjectInfo) -> None:
+        self.size += info.size
+        self.modified = max(self.modified, info.modified)
+        self.storage_class = self.storage_class or info.storage_class
+
+
+def list_backups(storage: Storage, kind: str, prefix: str | None = None) -> list[Backup]:
+    """All backups of `kind` under `prefix` (default: the seed's), oldest first."""
+    if kind not in DEFAULT_PREFIXES:
+        expected = ", ".join(DEFAULT_PREFIXES)
+        raise ConfigError(f"unknown backup kind {kind!r} (expected one of: {expected})")
+    prefix = DEFAULT_PREFIXES[kind] if prefix is None else prefix
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    infos = list(storage.list(prefix))
+    manifests = {info.key for info in infos if info.key.endswith(SUFFIX)}
+    objects = [info for info in infos if not info.key.endswith(SUFFIX)]
+    group = {"database": _databases, "files": _snapshots, "config": _configs}[kind]
+    candidates = group(objects, prefix, manifests)
+    if not candidates:
+        raise StorageError(f"no {kind} backups under {storage.url.rstrip('/')}/{prefix}")
+    with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
+        backups = list(pool.map(lambda c: _backup(storage, kind, c, manifests), candidates))
+    return sorted(backups, key=lambda b: (b.taken_at, b.key))
+
+
+def latest(backups: Sequence[Backup]) -> Backup:
+    """The most recent backup."""
+    if not backups:
+        raise DrillError("no backups to choose from")
+    return max(backups, key=lambda b: (b.taken_at, b.key))
+
+
+def latest_at_or_before(backups: Sequence[Backup], when: datetime) -> Backup:
+    """The most recent backup taken at or before `when`; never a newer one."""
+    _aware(when)
+    older = [b for b in backups if b.taken_at <= when]
+    if not older:
+        first = min((b.taken_at for b in backups), default=None)
+        oldest = f"; the oldest was taken {_iso(first)}" if first else ""
+        raise DrillError(f"no backup taken at or before {_iso(when)}{oldest}")
+    return latest(older)
+
+
+def oldest_in_retention(backups: Sequence[Backup], retention: timedelta, now: datetime) -> Backup:
+    """The oldest backup taken within `retention` of `now` (the far end of what is kept)."""
+    _aware(now)
+    horizon = now - retention
+    kept = [b for b in backups if horizon <= b.taken_at <= now]
+    if not kept:
+        raise DrillError(f"no backup taken between {_iso(horizon)} and {_iso(now)}")
+    return min(kept, key=lambda b: (b.taken_at, b.key))
+
+
+def _databases(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
+    dirs = {info.key[: -len("toc.dat")] for info in objects if _base(info.key) == "toc.dat"}
+    found: dict[str, _Candidate] = {}
+    for info in objects:
+        home = next((d for d in dirs if info.key.startswith(d)), None)
+        if home is not None:
+            if home not in found:
+                found[home] = _dir_dump(home)
+            found[home].add(info)
+            continue
+        name = _base(info.key)
+        match = _DB_FILE.match(name) or _DB_FILE_ANY.match(name)
+        if match is None:
+            continue
+        fmt, compression = _FORMATS[match["ext"]]
+        groups = match.groupdict()
+        candidate = _Candidate(
+            info.key,
+            name_time=_name_time(groups.get("ts")),
+            format=fmt,
+            compression=compression,
+            encrypted=bool(match["gpg"]),
+            database=groups.get("db"),
+        )
+        candidate.add(info)
+        found[info.key] = candidate
+    return list(found.values())
+
+
+def _dir_dump(key: str) -> _Candidate:
+    match = _DB_DIR.match(_base(key.rstrip("/")))
+    return _Candidate(
+        key,
+        name_time=_name_time(match["ts"]) if match else None,
+        format="directory",
+        database=match["db"] if match else None,
+    )
+
+
+def _snapshots(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
+    found: dict[str, _Candidate] = {}
+    for info in objects:
+        top, sep, _ = info.key[len(prefix) :].partition("/")
+        if not sep or top == "current":
+            continue
+        key = f"{prefix}{top}/"
+        match = _SNAPSHOT.match(top)
+        if match is None and manifest_key(key) not in manifests:
+            continue  # not a dated snapshot and not described by a manifest
+        if key not in found:
+            found[key] = _Candidate(
+                key, name_time=_name_time(match["ts"] if match else None), format="snapshot"
+            )
+        found[key].add(info)
+    return list(found.values())
+
+
+def _configs(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
+    found = []
+    for info in objects:
+        name = _base(info.key)
+        match = _CONFIG.match(name)
+        if match is None:
+            continue
+        fmt, compression = _FORMATS[match["ext"]]
+        stamp = _CONFIG_TS.search(name)
+        candidate = _Candidate(
+            info.key,
+            name_time=_name_time(stamp["ts"] if stamp else None),
+            format=fmt,
+            compression=compression,
+            encrypted=bool(match["gpg"]),
+        )
+        candidate.add(info)
+        found.append(candidate)
+    return found
+
+
+def _backup(storage: Storage, kind: str, c: _Candidate, manifests: set[str]) -> Backup:
+    mkey = manifest_key(c.key)
+    manifest, problem = None, None
+    if mkey in manifests:
+        try:
+            manifest = Manifest.from_json(storage.read_bytes(mkey), source=mkey)
+        except DrillError as exc:
+            problem = str(exc)
+        if manifest is not None and manifest.kind != kind:
+            problem = f"{mkey}: manifest says kind {manifest.kind!r}, the backup is a {kind} backup"
+            manifest = None
+    if manifest is not None:
+        taken_at, source = manifest.started_at, "manifest"
+        fmt, compression, encrypted = manifest.format, manifest.compression, manifest.encrypted
+    else:
+        taken_at, source = (c.name_time, "name") if c.name_time else (c.modified, "mtime")
+        fmt, compression, encrypted = c.format, c.compression, c.encrypted
+    return Backup(
+        kind=kind,
+        key=c.key,
+        taken_at=taken_at,
+        time_source=source,
+        size=c.size,
+        manifest_key=mkey if mkey in manifests else None,
+        format=fmt,
+        compression=compression,
+        encrypted=encrypted,
+        database=(manifest.database if manifest else None) or c.database,
+        storage_class=c.storage_class,
+        manifest_problem=problem,
+        loaded_manifest=manifest,
+    )
+
+
+def _name_time(stamp: str | None) -> datetime | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None  # digits that are not a date: fall back to the manifest or mtime
+
+
+def _base(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def _aware(when: datetime) -> None:
+    if when.tzinfo is None:
+        raise ConfigError(f"{when.isoformat()}: a time without a time zone is ambiguous")
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
