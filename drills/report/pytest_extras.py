@@ -8,7 +8,9 @@ record, the backup's manifest and container logs as attachments.
 The containers of the drill's run reach these reports through the record (`containers`,
 `logs`: filled by the plugin from `drills.runtime.facts`); this module reads the record only.
 
-Loaded by the recovery-drills plugin: `pytest_plugins = ["drills.report.pytest_extras"]`.
+Loaded by the recovery-drills plugin: `pytest_plugins = ["drills.report.pytest_extras"]`;
+the plugin imports it first for `NODE_RECORD`, so it asks pytest not to rewrite its asserts
+(it has none): PYTEST_DONT_REWRITE.
 """
 
 from __future__ import annotations
