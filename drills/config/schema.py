@@ -270,6 +270,27 @@ class DatabaseSettings:
     restore_timeout: float | None = knob(
         None, "Bound on a hung restore; unset derives it from [targets.rto] database."
     )
+    passphrase_env: str | None = knob(
+        None,
+        "NAME of the environment variable holding the gpg passphrase of encrypted dumps "
+        "(`.sql.gz.gpg`, never the passphrase itself); the producer encrypts with it when "
+        "`encrypt` is on.",
+        check=_env_name,
+    )
+    gpg_home: str | None = knob(
+        None,
+        "A GnuPG home whose keyring holds the secret key of dumps made with `gpg --encrypt -r` "
+        "(and, for the producer, the recipient's public key).",
+        check=_absolute,
+    )
+    encrypt: bool = knob(
+        False,
+        "The producer encrypts its plain dumps with gpg (AES256 with the passphrase, or to "
+        "`gpg_recipient`): `<db>_<ts>.sql.gz.gpg`.",
+    )
+    gpg_recipient: str | None = knob(
+        None, "Encrypt to this key of `gpg_home` instead of with the passphrase."
+    )
     tables_without_data: tuple[str, ...] = knob(
         (),
         'Tables ("schema.table") your dumps carry without data on purpose (pg_dump '
