@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MINUTE = 60.0
 HOUR = 60 * MINUTE
@@ -103,6 +104,14 @@ def _positive(number: int) -> str | None:
 
 def _not_negative(number: int) -> str | None:
     return None if number >= 0 else f"must not be negative, got {number}"
+
+
+def _zone(name: str) -> str | None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"must be an IANA time zone such as Europe/Berlin, got {show(name)}"
+    return None
 
 
 def _percent(number: int) -> str | None:
@@ -200,6 +209,12 @@ class StorageSettings:
         None, "S3 endpoint (MinIO, Backblaze B2, moto); unset means AWS.", check=_http_url
     )
     region: str | None = knob(None, "S3 region; unset leaves it to boto3 (AWS_REGION, profile).")
+    name_timezone: str | None = knob(
+        None,
+        "IANA time zone (DST-aware, e.g. Europe/Berlin) the times in backup names are written "
+        "in; unset: UTC. Names made by `date +%Y%m%d_%H%M%S` on a server not kept in UTC need it.",
+        check=_zone,
+    )
     sse: Literal["AES256", "aws:kms"] | None = knob(
         None, "Server-side encryption the producers ask for on upload; unset asks for none."
     )

@@ -238,7 +238,12 @@ def _choose_source(
             return
     name = settings.name if settings else None
     try:
-        backups = catalog.list_backups(storage, "database", config.storage.prefixes.database)
+        backups = catalog.list_backups(
+            storage,
+            "database",
+            config.storage.prefixes.database,
+            name_timezone=config.storage.name_timezone,
+        )
         if name:
             backups = [b for b in backups if b.database in (None, name)] or backups
         backup, why = choose(backups, "database", key=key, at=at)

@@ -263,6 +263,17 @@ def _large_truncated(ctx) -> Case:
     return Case(DATABASE)
 
 
+def skewed_clock(ctx) -> Case:
+    """A dump written 3 h ago whose name a server in UTC+10 stamped in its local time: read
+    as UTC the name says 7 h in the future, which made a stale backup look fresh."""
+    written = datetime.now(UTC) - timedelta(hours=3)
+    name = (written + timedelta(hours=10)).strftime("%Y%m%d_%H%M%S")
+    key = f"database/{DB}_{name}.sql.gz"
+    ctx.storage.put_bytes(key, _gz(ctx.dumps["plain"]))
+    os.utime(ctx.storage.root / key, (written.timestamp(), written.timestamp()))
+    return Case(DATABASE)
+
+
 def encrypted_case(*, passphrase: str | None = PASSPHRASE, damage: bool = False):
     """The runbook's encrypted copy (`gzip | gpg --symmetric --cipher-algo AES256` under
     `encrypted/`) with one thing wrong."""
@@ -698,6 +709,14 @@ FAULTS: list[Fault] = [
         "database",
         "size mismatch",
         _large_truncated,
+    ),
+    Fault(
+        "a name 10 h ahead of its write time",
+        "database",
+        "dump written 3 h ago, named in UTC+10 local time (7 h in the future as UTC)",
+        "database",
+        "RPO over target: the backup is 3h",
+        skewed_clock,
     ),
     Fault(
         "encrypted dump, wrong passphrase",
