@@ -197,10 +197,11 @@ def _drill_view(drill: dict) -> dict[str, Any]:
     restore = drill.get("restore") if isinstance(drill.get("restore"), dict) else None
     read_sha = (restore or {}).get("sha256")
     view = dict(drill)
+    failure = _failure_view(drill) if drill.get("verdict") == "fail" else None
     view.update(
         rto_row=target_row("RTO", rto.get("target_s"), rto.get("measured_s"), drill.get("verdict")),
         rpo_row=target_row("RPO", rpo.get("target_s"), rpo.get("measured_s"), drill.get("verdict")),
-        cause=_cause(drill),
+        cause=_headline(failure) if failure else _cause(drill),
         timeline=charts.timeline_svg(
             drill.get("phases") or {}, rto.get("measured_s"), rto.get("target_s")
         ),
@@ -213,7 +214,7 @@ def _drill_view(drill: dict) -> dict[str, Any]:
         checks=drill.get("checks") or [],
         notes=drill.get("notes") or [],
         logs=drill.get("logs") or {},
-        failure=_failure_view(drill) if drill.get("verdict") == "fail" else None,
+        failure=failure,
         facts={
             k: v
             for k, v in drill.items()
@@ -221,6 +222,13 @@ def _drill_view(drill: dict) -> dict[str, Any]:
         },
     )
     return view
+
+
+def _headline(failure: dict[str, Any]) -> str:
+    """A failed drill's cause in one place: the first, without logs, and how many more."""
+    first = failure["first"].split("; its last output:")[0]
+    more = len(failure["also"])
+    return first + (f" (and {more} more: see why it failed, above)" if more else "")
 
 
 def _failure_view(drill: dict) -> dict[str, Any]:
