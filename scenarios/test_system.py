@@ -44,7 +44,7 @@ from drills.runtime import images
 from drills.runtime.api import DatabaseAddress, unset_variables
 from drills.runtime.app import plan_app
 from drills.runtime.network import private_network
-from fixtures.drills import check_limits, configured
+from fixtures.drills import check_limits, configured, secrets
 
 
 @pytest.mark.drill("system")
@@ -64,19 +64,20 @@ def test_full_system_recovers(
         names = ", ".join("$" + n for n in unset_variables(app.env))
         raise ConfigError(f"[app] env refers to {names}, not set in the drill's environment")
 
-    backup = locate(drill_storage, "database", record, prefixes.database)
+    zone = drill_config.storage.name_timezone
+    backup = locate(drill_storage, "database", record, prefixes.database, zone=zone)
     uploads = locate_optional(
         drill_storage, "files", record, prefixes.files,
-        required=drill_config.files is not None, key="uploads_backup",
+        required=drill_config.files is not None, key="uploads_backup", zone=zone,
     )  # fmt: skip
     needs_config = drill_config.config is not None or bool(app.env_file or app.compose_file)
     archive = locate_optional(
         drill_storage, "config", record, prefixes.config,
-        required=needs_config, key="config_backup",
+        required=needs_config, key="config_backup", zone=zone,
     )  # fmt: skip
 
     with record.watch.phase("verify"):
-        major, source = dumpinfo.backup_major(drill_storage, backup)
+        major, source = dumpinfo.backup_major(drill_storage, backup, secrets(database))
         major = database.major or major
         if major is None:
             raise DrillError(f"{backup.key}: cannot tell the Postgres major version ({source})")
@@ -118,7 +119,9 @@ def test_full_system_recovers(
 
     with record.watch.phase("restore"):
         bound = database.restore_timeout or targets.rto.database
-        result = restore_database(drill_storage, backup, db, database.name, timeout=bound)
+        result = restore_database(
+            drill_storage, backup, db, database.name, timeout=bound, secrets=secrets(database)
+        )
         files = None
         if uploads is not None:
             files = restore_files(

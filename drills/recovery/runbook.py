@@ -69,7 +69,9 @@ def _newest(config: Config) -> dict[str, tuple[int, catalog.Backup] | str]:
     found: dict[str, tuple[int, catalog.Backup] | str] = {}
     for kind in [k for k in KINDS if getattr(config, k) is not None] or list(KINDS):
         try:
-            backups = catalog.list_backups(opened, kind, getattr(storage.prefixes, kind))
+            backups = catalog.list_backups(
+                opened, kind, getattr(storage.prefixes, kind), name_timezone=storage.name_timezone
+            )
         except DrillError as exc:
             found[kind] = str(exc)
             continue
