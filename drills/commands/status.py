@@ -160,6 +160,9 @@ def main(args: argparse.Namespace) -> int:
     return 0 if status["ok"] else 1
 
 
+# -- each configured drill's last verdict and cause, read from the report directory
+
+
 def drill_status(config: Config, report_dir: Path) -> dict[str, dict]:
     """Each configured drill's last verdict and cause in the report directory."""
     rows = {}
