@@ -158,6 +158,31 @@ def test_another_app_by_its_compose_file_recovers(
     assert HEALTH_TOKEN not in (outcome.run_dir / "drill.json").read_text()
 
 
+def test_an_app_warming_up_passes_and_its_health_reads_as_its_answers(
+    tmp_path, local_storage, accounts_dump, accounts_image
+):
+    """The accounts service answers 503 "warming up" for its first 3 s: the drill waits and
+    passes, and the health check tells what it saw before the 200, not "200 in 0.025 s"."""
+    put_database_dump(local_storage, accounts_dump)
+    put_files_snapshot(local_storage, uploads())
+    put_config_archive(local_storage, accounts_config(accounts_image))
+    app = accounts_app('image = "' + accounts_image + '"', 'env_file = ".env.production"',
+                       DB_HOST="{db_host}", WARMUP="3")  # fmt: skip
+    sections = ACCOUNTS_DATABASE + "[files]\n[config]\n" + app + OFFLINE
+    config = write_drill_toml(tmp_path, local_storage.url, sections, all_reports=True)
+    outcome = run_drill(config, "system", env=ACCOUNTS_ENV)
+    drill = _assert_recovered(outcome, accounts_dump.counts, "auth_user")
+    health = _checks(drill)["GET /healthz answers 200"]["detail"]
+    told = re.fullmatch(
+        r"200 after (\d+\.\d) s: (.*, then )?503 × \d+ over (\d+\.\d) s, then 200", health
+    )
+    assert told, health
+    assert float(told.group(1)) >= 2.0, health  # the wait covers the warm-up
+    assert float(told.group(3)) >= 1.5, health  # its 503s, counted and timed
+    page = html.unescape((outcome.run_dir / "drill-report.html").read_text())
+    assert health in page
+
+
 def test_an_app_that_crashes_after_start_fails_and_every_report_says_not_recovered(
     tmp_path, local_storage, accounts_dump, accounts_image
 ):
