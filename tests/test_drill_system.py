@@ -5,9 +5,11 @@ Two applications: the sample app (one container fed by the restored .env.product
 its compose file over S3), and the accounts service, unlike it in every way a user's app may
 be (port, health path behind a header token, its database in separate variables, a
 SECRET_KEY, an `auth_user` table, uploads under /media/, a worker, a PostGIS database in its
-compose file). A clean estate passes; an app that crashes after its first healthy answer, a
-health path that wants a credential, an app answering 503 and an app image that is not on
-the machine fail, each for its named cause. Never a false green, and no false red.
+compose file). A clean estate passes, and so does an app answering 503 while it warms up
+(its health told as the answers it saw); an app that crashes after its first healthy answer
+(an exit, or a restart under its compose file's restart policy), a health path that wants a
+credential, an app answering 503 and an app image that is not on the machine fail, each for
+its named cause. Never a false green, and no false red.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import timedelta
 
 from drills.runtime.estate import write_config_files
 from fixtures.apps import (
+    ACCOUNTS,
     HEALTH_TOKEN,
     TOKEN_ENV,
     accounts_app,
@@ -156,6 +159,36 @@ def test_another_app_by_its_compose_file_recovers(
     roles = {c["role_name"] for c in drill["containers"]}
     assert roles == {"api (compose service web)", "compose service worker", "db"}
     assert HEALTH_TOKEN not in (outcome.run_dir / "drill.json").read_text()
+
+
+def test_a_compose_app_that_crashes_and_is_restarted_fails_naming_the_restart(
+    tmp_path, local_storage, accounts_dump, accounts_image
+):
+    """Production's compose file restarts the web service when it dies: the crash 1 s after
+    the first healthy answer comes back as a restart, and a restart during the watch fails
+    the drill as surely as an exit, with the web container's logs."""
+    put_database_dump(local_storage, accounts_dump)
+    put_files_snapshot(local_storage, uploads())
+    compose = (ACCOUNTS / "docker-compose.yml").read_text()
+    restarting = compose.replace('restart: "no"', "restart: unless-stopped")
+    assert restarting != compose
+    put_accounts_config(local_storage, accounts_image, compose=restarting.encode())
+    app = accounts_app('compose_file = "docker-compose.yml"', 'soak = "5s"', CRASH_AFTER="1")
+    sections = (
+        ACCOUNTS_DATABASE + "[files]\n[config]\n" + app.replace('soak = "3s"\n', "") + OFFLINE
+    )
+    config = write_drill_toml(tmp_path, local_storage.url, sections)
+    outcome = run_drill(config, "system", env=ACCOUNTS_ENV)
+    assert outcome.exit == 1, outcome.output[-3000:]
+    drill = outcome.drill("system")
+    checks = _checks(drill)
+    assert checks["GET /healthz answers 200"]["passed"]
+    held = checks["the application stays healthy for 5 s"]
+    assert not held["passed"]
+    assert re.search(r"the api \(compose service web\) container restarted", held["detail"]), held
+    assert "crashing 1 s after the first healthy answer" in held["detail"]
+    assert not checks["application up within its RTO"]["passed"]
+    assert drill["first_cause"].startswith("check failed: the application stays healthy")
 
 
 def test_an_app_warming_up_passes_and_its_health_reads_as_its_answers(
