@@ -9,19 +9,28 @@ compose file). A clean estate passes, and so does an app answering 503 while it 
 (its health told as the answers it saw); an app that crashes after its first healthy answer
 (an exit, or a restart under its compose file's restart policy), a health path that wants a
 credential, an app answering 503 and an app image that is not on the machine fail, each for
-its named cause. Never a false green, and no false red.
+its named cause. Never a false green, and no false red. A drill killed while it watches the
+compose stack leaves it for the next run's sweep, which removes all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 
+import docker.errors
+
+from drills.runtime import labels
 from drills.runtime.estate import write_config_files
 from fixtures.apps import (
     ACCOUNTS,
@@ -32,6 +41,7 @@ from fixtures.apps import (
     put_accounts_config,
 )
 from fixtures.estate_backups import (
+    ROOT,
     drill_cli,
     put_config_archive,
     put_database_dump,
@@ -375,3 +385,68 @@ def test_a_missing_app_image_exits_3_naming_it_before_the_restore(
     assert "restore" not in drill["phases"]  # found out before the long part
     assert "Traceback" not in outcome.output
     assert "500 Server Error" not in outcome.output
+
+
+def test_a_compose_stack_of_a_killed_drill_is_swept_at_the_next_start(
+    tmp_path, local_storage, accounts_dump, accounts_image, docker_client
+):
+    """SIGKILL to the drill while it watches the restored compose stack: no finalizer runs,
+    so the web and worker containers, the restored uploads' volume and the drill's network
+    stay; the next run's sweep removes every one of them (found by the run's label)."""
+    put_database_dump(local_storage, accounts_dump)
+    put_files_snapshot(local_storage, uploads())
+    put_accounts_config(local_storage, accounts_image)
+    app = accounts_app('compose_file = "docker-compose.yml"', 'soak = "120s"')
+    sections = ACCOUNTS_DATABASE + "[files]\n[config]\n" + app.replace('soak = "3s"\n', "")
+    config = write_drill_toml(tmp_path, local_storage.url, sections + OFFLINE)
+    before = {c.id for c in labels.list_containers(docker_client, WEB)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drills.cli", "run", "--config", str(config), "--only", "system"],
+        cwd=ROOT, env=ACCOUNTS_ENV, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        run = _wait_for_the_watch(docker_client, proc, before)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # SIGKILL: no finalizer runs
+        proc.wait(timeout=30)
+    left = _left_by_run(docker_client, run)
+    assert any(name.startswith("container ") for name in left), left
+    assert any(name.startswith("volume ") for name in left), left
+    assert any(name.startswith("network ") for name in left), left
+    newcomer = labels.RunSession.begin()
+    try:
+        labels.sweep(docker_client, keep=newcomer.run_id)
+    finally:
+        newcomer.end(docker_client)
+    assert _left_by_run(docker_client, run) == []
+
+
+WEB = {"label": [f"{labels.PROJECT}={labels.PROJECT_VALUE}", "com.docker.compose.service=web"]}
+
+
+def _wait_for_the_watch(
+    client, proc: subprocess.Popen, before: set[str], bound: float = 180
+) -> str:
+    """The run id of the drill, once its app's web service has answered its health path
+    (web containers in `before` belong to other runs)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the drill ended before its app was watched"
+        for container in labels.list_containers(client, WEB):
+            if container.id in before:
+                continue
+            with contextlib.suppress(docker.errors.NotFound):
+                if b'"GET /healthz HTTP/1.1" 200' in container.logs():
+                    return container.labels[labels.RUN]
+        time.sleep(0.5)
+    raise AssertionError("the app of the drill never answered healthy")
+
+
+def _left_by_run(client, run: str) -> list[str]:
+    selector = {"label": [f"{labels.PROJECT}={labels.PROJECT_VALUE}", f"{labels.RUN}={run}"]}
+    left = [f"container {c.name}" for c in labels.list_containers(client, selector)]
+    left += [f"network {n.name}" for n in client.networks.list(filters=selector)]
+    left += [f"volume {v.name}" for v in client.volumes.list(filters=selector)]
+    return left
