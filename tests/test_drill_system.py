@@ -301,6 +301,7 @@ def test_an_app_that_crashes_after_start_fails_and_every_report_says_not_recover
     assert runbook.returncode == 0, runbook.stderr
     warning = runbook.stdout[: runbook.stdout.index("### 1.")]
     assert f"WARNING: the newest database backup, `{newest}`, FAILED its last system" in warning
+    assert "the application stays healthy for 4 s: the api container exited" in warning
     assert f"`{first.drill('system')['backup']['key']}`" in warning  # the one that passed
     assert "--backup " + first.drill("system")["backup"]["key"] in warning
     assert "the application came up" not in runbook.stdout
