@@ -63,6 +63,13 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     wal.add_argument(
         "--remove-shipped", action="store_true", default=None, help="delete files once stored"
     )
+    wal.add_argument(
+        "--import",
+        dest="import_dir",
+        default=None,
+        metavar="DIR",
+        help="ship an existing archive directory once (same checks; nothing removed)",
+    )
     base = kinds.add_parser("base", parents=[common], help="pg_basebackup for point-in-time")
     base.add_argument("--dsn", default=None, help="libpq DSN (default: [pitr] dsn, then PG*)")
     base.add_argument("--fast-checkpoint", action="store_true", help="checkpoint at once")
@@ -74,8 +81,11 @@ def main(args: argparse.Namespace) -> int:
     """Take the backup the arguments ask for; return the exit code."""
     config = load_config(args.config, overrides=_overrides(args))
     if args.kind == "wal":
-        print(_ship(config).summary())
-        return 0
+        shipped = _ship(config, args.import_dir)
+        print(shipped.summary())
+        for line in shipped.problems:
+            print(f"drill: {line}", file=sys.stderr)
+        return 1 if shipped.problems else 0
     try:
         result = _produce(
             args.kind,
@@ -118,15 +128,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
     return overrides
 
 
-def _ship(config: Config):
+def _ship(config: Config, import_dir: str | None):
+    from drills.backup.archiver import archiver_state
     from drills.backup.wal import ship_wal
+    from drills.commands.heartbeat import resolve_dsn
 
+    storage = destination(config, "wal").storage
+    prefix = config.storage.prefixes.wal
+    if import_dir is not None:
+        return ship_wal(storage, prefix, import_dir, importing=True)
     settings = config.pitr
     if settings is None or not settings.archive_dir:
         raise ConfigError("[pitr] archive_dir is not set (or --archive-dir)")
-    storage = destination(config, "wal").storage
+    dsn = resolve_dsn(config, None)
     return ship_wal(
-        storage, config.storage.prefixes.wal, settings.archive_dir, remove=settings.remove_shipped
+        storage,
+        prefix,
+        settings.archive_dir,
+        remove=settings.remove_shipped,
+        server=lambda: archiver_state(dsn),
+        stall_after=config.targets.rpo.database,
     )
 
 
