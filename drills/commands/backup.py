@@ -73,6 +73,18 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     base = kinds.add_parser("base", parents=[common], help="pg_basebackup for point-in-time")
     base.add_argument("--dsn", default=None, help="libpq DSN (default: [pitr] dsn, then PG*)")
     base.add_argument("--fast-checkpoint", action="store_true", help="checkpoint at once")
+    base.add_argument(
+        "--import",
+        dest="import_path",
+        default=None,
+        metavar="PATH",
+        help="store a pg_basebackup made elsewhere (-Fp or -Ft, -z, -X stream) as a base backup",
+    )
+    base.add_argument(
+        "--superuser",
+        default=None,
+        help="with --import: the cluster's bootstrap superuser (default: read from the backup)",
+    )
     parser.set_defaults(func=main)
     return parser
 
@@ -93,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
             upload=not args.no_upload,
             fast_checkpoint=getattr(args, "fast_checkpoint", False),
             dry_run_prune=args.dry_run_prune,
+            imported=(getattr(args, "import_path", None), getattr(args, "superuser", None)),
         )
     except OSError as exc:  # the producers name their own failures; this is the last net
         raise os_error(exc.filename or args.kind, exc) from None
@@ -158,6 +171,7 @@ def _produce(
     upload: bool,
     fast_checkpoint: bool = False,
     dry_run_prune: bool = False,
+    imported: tuple[str | None, str | None] = (None, None),
 ) -> BackupResult:
     def dest(of: str) -> Destination:
         found = destination(config, of, upload=upload)
@@ -186,6 +200,18 @@ def _produce(
         if config.files is None or not config.files.source_dir:
             raise ConfigError("[files] source_dir is not set (or --source)")
         return backup_files(dest("files"), config.files.source_dir)
+    if kind == "base" and imported[0] is not None:
+        from drills.backup.base_import import import_base
+
+        return import_base(
+            dest("base"),
+            imported[0],
+            superuser=imported[1],
+            storage=destination(config, "wal", upload=upload).storage,
+            wal_prefix=config.storage.prefixes.wal,
+            archive_dir=config.pitr.archive_dir if config.pitr else None,
+            timeout=config.runtime.step_timeout,
+        )
     if kind == "base":
         from drills.backup.base import backup_base
         from drills.commands.heartbeat import resolve_dsn
