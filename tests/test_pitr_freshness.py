@@ -75,10 +75,7 @@ def test_a_stalled_shipper_fails_freshness_and_status(tmp_path, promoted_archive
 
 def test_a_hole_fails_freshness_and_status(tmp_path, promoted_archive):
     archive = promoted_archive
-    segments = sorted(
-        p.name for p in (archive.store / "wal").glob("00000001*.gz") if len(p.name) == 27
-    )
-    gone = segments[len(segments) // 2]
+    gone = archive.middle_segment()
     config = _config(archive, tmp_path, without=(f"wal/{gone}",))
     outcome = run_drill(config, "freshness", env=archive.env)
     assert outcome.exit == 1, outcome.output[-3000:]

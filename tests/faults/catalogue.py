@@ -12,15 +12,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from drills.pitr import iso
 from drills.storage.manifest import Manifest, TableCount
 from fixtures.estate_backups import (
     DB,
+    drill_cli,
     gpg_symmetric,
     put_config_archive,
     put_files_snapshot,
@@ -514,6 +517,73 @@ def stale(ctx) -> Case:
     return Case(DATABASE)
 
 
+# -- point-in-time recovery: the archives people have (fixtures/pitr.py's real failover) -----
+
+
+def _pitr_store(ctx, *, without: tuple[str, ...] = ()):
+    """The session's failover archive, its shipped store copied into the row's storage."""
+    archive = ctx.pitr()
+    archive.copy_store(ctx.storage.root, without=without)
+    return archive
+
+
+def _producer_config(ctx, archive, name: str, extra: str = "") -> str:
+    """A drill.toml for a producer run into the row's storage."""
+    directory = ctx.tmp_path / name
+    directory.mkdir()
+    return str(write_drill_toml(directory, ctx.url, archive.sections(extra=extra)))
+
+
+def promoted(ctx) -> Case:
+    """Recovery to a time after the promotion: timeline 1's WAL, then timeline 2's."""
+    archive = _pitr_store(ctx)
+    target = archive.after[1] + (archive.after[2] - archive.after[1]) / 2
+    return Case(archive.sections(target=iso(target)), env=archive.env)
+
+
+def gzip_archive(ctx) -> Case:
+    """The WAL shipped for real from a directory where archive_command gzips each file."""
+    archive = _pitr_store(ctx, without=("wal/",))
+    config = _producer_config(ctx, archive, "shipper", f'archive_dir = "{archive.archive}"')
+    shipped = drill_cli("backup", "wal", "--config", config, env=archive.env, stdin=None)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert " 0 shipped" not in shipped.stdout, shipped.stdout
+    return Case(archive.sections(), env=archive.env)
+
+
+def holed(ctx) -> Case:
+    """One segment gone from the middle of the window; the target left to chance."""
+    archive = ctx.pitr()
+    _pitr_store(ctx, without=(f"wal/{archive.middle_segment()}",))
+    return Case(archive.sections(), env=archive.env)
+
+
+def handmade_base(*, imported: bool):
+    """A pg_basebackup -Ft -z -X stream made by hand, stored as it is or imported."""
+
+    def make(ctx) -> Case:
+        archive = _pitr_store(ctx, without=("base/",))
+        if imported:
+            config = _producer_config(ctx, archive, "importer")
+            made = str(archive.handmade["plain"])
+            argv = ("backup", "base", "--config", config, "--import", made)
+            done = drill_cli(*argv, env=archive.env, stdin=None)
+            assert done.returncode == 0, done.stdout + done.stderr
+        else:
+            shutil.copytree(archive.handmade["tar"], ctx.storage.root / "base" / "pg_basebackup-1")
+        return Case(archive.sections(), env=archive.env)
+
+    return make
+
+
+def stalled_shipper(ctx) -> Case:
+    """The shipper stopped: the newest stored segment older than a 5 s database RPO."""
+    archive = _pitr_store(ctx)
+    time.sleep(5)
+    more = '[targets.rpo]\ndatabase = "5s"'
+    return Case(archive.sections(database=False, more=more), env=archive.env)
+
+
 FAULTS: list[Fault] = [
     # database dumps
     Fault(
@@ -961,6 +1031,61 @@ FAULTS: list[Fault] = [
         "config",
         "config files gone from config/config_",
         config_file_removed,
+    ),
+    # point-in-time recovery: WAL and base backups as people have them, from a real failover
+    Fault(
+        "a timeline switch (promote)",
+        "pitr",
+        "standby promoted, heartbeat on timeline 2; target after the switch",
+        "pitr",
+        "",
+        promoted,
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "WAL archived gzip-compressed",
+        "pitr",
+        "archive_command gzip < %p > %f.gz; shipped by drill backup wal",
+        "pitr",
+        "",
+        gzip_archive,
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "a hole in the WAL archive",
+        "pitr",
+        "one segment deleted mid-window; random target",
+        "pitr",
+        "the WAL is not continuous from base/",
+        holed,
+    ),
+    Fault(
+        "a base backup made by hand",
+        "pitr",
+        "pg_basebackup -Ft -z output stored under base/ as it is",
+        "pitr",
+        "drill backup base --import",
+        handmade_base(imported=False),
+    ),
+    Fault(
+        "a base backup made by hand, imported",
+        "pitr",
+        "pg_basebackup -Fp output through drill backup base --import",
+        "pitr",
+        "",
+        handmade_base(imported=True),
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "a stalled WAL shipper",
+        "pitr",
+        "drill backup wal not run; newest stored segment older than the 5 s database RPO",
+        "freshness",
+        "wal: newest segment within the database RPO",
+        stalled_shipper,
     ),
 ]
 

@@ -42,10 +42,15 @@ def dumps(dump_variants):
 class Ctx:
     """What a row's maker may use: the storage, the dumps, and real ways to break things."""
 
-    def __init__(self, tmp_path, dumps, storage, s3, docker_client, url):
+    def __init__(self, tmp_path, dumps, storage, s3, docker_client, url, request=None):
         self.tmp_path, self.dumps, self.storage = tmp_path, dumps, storage
         self.s3, self.client, self.url = s3, docker_client, url
         self._proxy: FaultyS3Proxy | None = None
+        self._request = request
+
+    def pitr(self):
+        """The session's real failover archive (fixtures/pitr.py), made on first use."""
+        return self._request.getfixturevalue("promoted_archive")
 
     def drill_now(self, sections: str, kind: str = "database") -> None:
         """One passing `drill run` before the fault (a history, as monthly drills leave)."""
@@ -149,9 +154,9 @@ def _run(config: Path, kind: str, case: Case, env: dict) -> tuple[int, dict | No
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client):
+def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client, request):
     storage, url = _storage_for(fault, tmp_path, embedded_s3)
-    ctx = Ctx(tmp_path, dumps, storage, embedded_s3, docker_client, url)
+    ctx = Ctx(tmp_path, dumps, storage, embedded_s3, docker_client, url, request)
     row = {
         "name": fault.name,
         "injection": fault.injection,
