@@ -59,6 +59,14 @@ def test_a_handmade_tar_base_backup_is_imported_and_drilled(tmp_path, promoted_a
     drill = outcome.drill("pitr")
     assert drill["backup"]["key"].startswith("base/")
     assert drill["pitr"]["measured"]["verified"].startswith("backup successfully verified")
+    # the earliest point the window offers recovers: the backup history file's STOP TIME is
+    # cut to the second, and a target inside that second may lie before the point where the
+    # backup is consistent ("requested recovery stop point is before consistent recovery point")
+    earliest = extra["server_ended_at"]
+    config = archive.config(tmp_path / "earliest", (tmp_path / "store").as_uri(), target=earliest)
+    outcome = run_drill(config, "pitr", env=archive.env)
+    assert outcome.exit == 0, outcome.output[-3000:]
+    assert outcome.drill("pitr")["backup"]["key"] == drill["backup"]["key"]
 
 
 def test_a_handmade_plain_base_backup_is_imported_as_ours(tmp_path, promoted_archive):

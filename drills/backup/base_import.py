@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import zlib
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from drills.backup.base import (
@@ -95,7 +96,7 @@ def import_base(
         sysid = system_identifier(read_file(data / "global" / "pg_control"))
         who, who_source = superuser_of(data, superuser)
         started = label_time(label.get("START TIME")) or newest_mtime(source.path)
-        ended, ended_source = label_time(history.get("STOP TIME")), "backup history file"
+        ended, ended_source = stop_time(history), "backup history file"
         if ended is None:
             ended, ended_source = newest_mtime(source.path), "the backup's newest file time"
             source.notes.append(
@@ -265,3 +266,14 @@ def _ended(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
         if stream is not None:
             stream.close()
     return proc.wait(timeout=timeout), errors
+
+
+def stop_time(history: dict[str, str]) -> datetime | None:
+    """The backup's end by the server's clock: the history file's ``STOP TIME`` plus 1 s.
+
+    PostgreSQL writes it to the second, truncated, after the end-of-backup record: a target
+    in that second can lie before the point where the backup is consistent, and a recovery
+    to it fails ("requested recovery stop point is before consistent recovery point").
+    """
+    stop = label_time(history.get("STOP TIME"))
+    return stop + timedelta(seconds=1) if stop is not None else None

@@ -8,7 +8,7 @@ backup itself, else from the WAL archive:
 - WAL range and timelines: ``backup_manifest`` (else the backup history file
   ``<segment>.<offset>.backup`` in the archive directory or the storage);
 - times: ``backup_label``'s ``START TIME``; the end, by the server's clock, from the backup
-  history file's ``STOP TIME``;
+  history file's ``STOP TIME`` rounded up to the next second;
 - the segment size: a WAL segment's header, else ``backup_label``'s start position and file
   name, else the archived WAL's manifests;
 - the bootstrap superuser the restore logs in as: the role with OID 10 in ``global/1260``
