@@ -239,6 +239,7 @@ def test_a_hole_fails_the_drill_unless_it_is_older_than_the_promise(tmp_path, pr
     assert f"wal/{gone} is missing (later ones are archived)" in error, error
     assert "recoverable pieces: " in error, error
     assert [h["first"] for h in drill["pitr"]["holes"]] == [gone]
+    assert f"1 WAL segment missing from {gone}" in _window(outcome.run_dir, "win-hole")
     accept = imported.extra["server_ended_at"]
     assert f'accept_gaps_before = "{iso(_utc(accept))}" accepts it' in error, error
     config = archive.config(tmp_path, (tmp_path / "store").as_uri(),
@@ -248,6 +249,18 @@ def test_a_hole_fails_the_drill_unless_it_is_older_than_the_promise(tmp_path, pr
     pitr = outcome.drill("pitr")["pitr"]
     assert pitr["holes"][0]["accepted"] is True
     assert pitr["target"] >= iso(_utc(accept))
+    assert "(accepted: older than the promise)" in _window(outcome.run_dir, "win-accepted")
+
+
+def _window(run_dir: Path, css: str) -> str:
+    """The recoverable window chart of the run's HTML report (`drill report`, written beside
+    the sealed run directory), from its first `css` bar on."""
+    output = run_dir.parent / f"{run_dir.name}.html"
+    done = drill_cli("report", str(run_dir), "--output", str(output), stdin=None)
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = output.read_text()
+    assert "<h3>Recoverable window</h3>" in page
+    return page[page.index(f'class="{css}"') :]
 
 
 def _utc(text: str) -> datetime:
