@@ -148,7 +148,10 @@ def list_base_backups(storage: Storage, prefix: str) -> tuple[list[BaseBackup], 
     dirs = sorted({m["name"] for i in infos if (m := _BASE_DIR.match(i.key[len(prefix) :]))})
     found, problems = [], []
     for other in _foreign_dirs(infos, prefix, set(dirs)):
-        problems.append(f"{prefix}{other}/: not a base backup of drill backup base; {IMPORT_HINT}")
+        problems.append(
+            f"{prefix}{other}/: a pg_basebackup without our manifest: import it with `drill "
+            "backup base --import <its directory>` (docs/pitr.md)"
+        )
     for name in dirs:
         key, mkey = f"{prefix}{name}/", f"{prefix}{name}{SUFFIX}"
         if mkey not in sizes:
