@@ -12,14 +12,17 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from drills.pitr import iso
 from drills.storage.manifest import Manifest
 from drills.storage.walfile import SEGMENT, segment_name
 from fixtures.estate_backups import drill_cli, run_drill
-from fixtures.pitr import switch_and_wait, wait_quiet
+from fixtures.pitr import pg_basebackup_by_hand, switch_and_wait, wait_quiet
 
 MB16 = 16 * 1024 * 1024
 
@@ -79,6 +82,43 @@ def test_a_handmade_plain_base_backup_is_imported_as_ours(tmp_path, promoted_arc
                    str(archive.handmade["plain"]), env=archive.env)  # fmt: skip
     assert again.returncode == 1
     assert "is stored already as base/" in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_a_handmade_tar_base_backup_compressed_otherwise_is_imported(
+    tmp_path, promoted_archive, compression
+):
+    """pg_basebackup -Ft --compress=client-zstd (or lz4) taken now from the promoted server;
+    its WAL shipped first, as docs/pitr.md says, then the backup imported and verified."""
+    archive = promoted_archive
+    histories = set(archive.archive.glob("*.backup.gz"))
+    made = pg_basebackup_by_hand(
+        archive.server, tmp_path / "made", "-Ft", f"--compress=client-{compression}"
+    )
+    suffix = {"zstd": "zst", "lz4": "lz4"}[compression]
+    names = {p.name for p in made.iterdir()}
+    # PostgreSQL 15 compresses -X stream's pg_wal.tar only with gzip
+    assert f"base.tar.{suffix}" in names, names
+    assert names & {"pg_wal.tar", f"pg_wal.tar.{suffix}"}, names
+    deadline = time.monotonic() + 60
+    while not set(archive.archive.glob("*.backup.gz")) - histories:
+        assert time.monotonic() < deadline, "the backup history file was not archived"
+        time.sleep(0.5)
+    url = archive.copy_store(tmp_path / "store", without=("base/",))
+    config = archive.config(tmp_path, url, extra=f'archive_dir = "{archive.archive}"')
+    shipped = _drill("backup", "wal", "--config", str(config), env=archive.env)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    done = _drill("backup", "base", "--config", str(config), "--import", str(made),
+                  env=archive.env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("base: base/"), done.stdout
+    manifest = next(
+        Manifest.from_json(p.read_text()) for p in (tmp_path / "store" / "base").glob("*.json")
+    )
+    assert {f.path for f in manifest.files} == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
+    assert manifest.extra["verified"] is True
+    assert manifest.extra["wal_included"] is True
+    assert manifest.extra["ended_at_source"] == "backup history file"
 
 
 def test_a_damaged_handmade_base_backup_is_refused(tmp_path, promoted_archive):
