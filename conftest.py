@@ -7,4 +7,5 @@ pytest_plugins = [
     "fixtures.estate_backups",
     "fixtures.shapes",
     "fixtures.pitr",
+    "fixtures.apps",
 ]
