@@ -173,3 +173,32 @@ def test_custom_prefix(backup_storage: Storage):
     backup_storage.put_bytes("prod/db/app_20250115_020000.sql.gz", b"dump")
     [backup] = list_backups(backup_storage, "database", prefix="prod/db")
     assert backup.key == "prod/db/app_20250115_020000.sql.gz"
+
+
+def test_an_empty_newest_snapshot_is_the_latest(backup_storage: Storage):
+    """The uploads mount vanished: `cp -al` made an empty dated directory (a folder marker on
+    S3). It is the newest snapshot, and skipping it would drill the one before."""
+    backup_storage.put_bytes("files/20250114_020000/avatars/a.png", b"aaaa")
+    if isinstance(backup_storage, LocalStorage):
+        (backup_storage.root / "files" / "20250115_020000").mkdir()
+    else:
+        backup_storage.client.put_object(
+            Bucket=backup_storage.bucket, Key="files/20250115_020000/", Body=b""
+        )
+    backups = list_backups(backup_storage, "files")
+    newest = latest(backups)
+    assert (newest.key, newest.objects, newest.size) == ("files/20250115_020000/", 0, 0)
+    assert [b.objects for b in backups] == [1, 0]
+
+
+def test_a_snapshot_whose_manifest_is_all_that_is_left_is_listed(backup_storage: Storage):
+    backup_storage.put_bytes("files/20250114_020000/avatars/a.png", b"aaaa")
+    backup_storage.put_bytes(
+        "files/20250115_020000.manifest.json", _manifest_for(_utc(2025, 1, 15, 2, 0), kind="files")
+    )
+    newest = latest(list_backups(backup_storage, "files"))
+    assert (newest.key, newest.objects, newest.time_source) == (
+        "files/20250115_020000/",
+        0,
+        "manifest",
+    )

@@ -8,6 +8,10 @@ scripts (no manifests) are drillable as they are:
   is a directory holding ``toc.dat`` (``<db>_<TS>.dir/`` or ``<db>_<TS>/``).
 - files (``files/``): snapshot directories ``files/<YYYYMMDD_HHMMSS>/``; ``files/current``
   (a symlink locally, a marker object or a synced copy on S3) is the live mirror, not a backup.
+  An empty snapshot is a snapshot too, and when it is the newest it is the latest: an empty
+  dated directory (``cp -al`` of an uploads directory whose mount had vanished), an S3 folder
+  marker, or a manifest whose snapshot holds nothing. Skipping it would drill the one before
+  and hide the finding.
 - config (``config/``): ``config_<YYYYMMDD_HHMMSS>.tar.gz``, optionally ``.gpg``.
 
 When a backup was taken: its manifest's ``started_at`` when it has one (a dump is consistent
@@ -85,6 +89,8 @@ class Backup:
     storage_class: str | None = None
     manifest_problem: str | None = None
     loaded_manifest: Manifest | None = field(default=None, repr=False)
+    objects: int = 0
+    """How many objects the backup is made of (0: an empty snapshot)."""
 
     @property
     def manifest(self) -> Manifest | None:
@@ -110,8 +116,10 @@ class _Candidate:
     encrypted: bool = False
     database: str | None = None
     storage_class: str | None = None
+    objects: int = 0
 
     def add(self, info: ObjectInfo) -> None:
+        self.objects += 1
         self.size += info.size
         self.modified = max(self.modified, info.modified)
         self.storage_class = self.storage_class or info.storage_class
@@ -130,6 +138,8 @@ def list_backups(storage: Storage, kind: str, prefix: str | None = None) -> list
     objects = [info for info in infos if not info.key.endswith(SUFFIX)]
     group = {"database": _databases, "files": _snapshots, "config": _configs}[kind]
     candidates = group(objects, prefix, manifests)
+    if kind == "files":
+        candidates += _empty_snapshots(storage, prefix, candidates, manifests)
     if not candidates:
         raise StorageError(f"no {kind} backups under {storage.url.rstrip('/')}/{prefix}")
     with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
@@ -222,6 +232,26 @@ def _snapshots(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> l
     return list(found.values())
 
 
+def _empty_snapshots(
+    storage: Storage, prefix: str, found: list[_Candidate], manifests: set[str]
+) -> list[_Candidate]:
+    """Snapshots that hold no object: empty dated folders, and manifests of snapshots whose
+    folder holds nothing."""
+    known = {c.key for c in found}
+    keys = set(storage.folders(prefix))
+    keys |= {m[: -len(SUFFIX)] + "/" for m in manifests if "/" not in m[len(prefix) : -len(SUFFIX)]}
+    empty = []
+    for key in sorted(keys - known):
+        top = key[len(prefix) : -1]
+        match = _SNAPSHOT.match(top)
+        if top == "current" or (match is None and manifest_key(key) not in manifests):
+            continue
+        empty.append(
+            _Candidate(key, name_time=_name_time(match["ts"] if match else None), format="snapshot")
+        )
+    return empty
+
+
 def _configs(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
     found = []
     for info in objects:
@@ -274,6 +304,7 @@ def _backup(storage: Storage, kind: str, c: _Candidate, manifests: set[str]) -> 
         storage_class=c.storage_class,
         manifest_problem=problem,
         loaded_manifest=manifest,
+        objects=c.objects,
     )
 
 
