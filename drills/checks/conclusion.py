@@ -36,11 +36,19 @@ def locate_with_previous(
     previous = catalog.latest(earlier) if earlier else None
     record.backup = describe(backup)
     if backup.manifest_key is None:
-        record.notes.append(
-            f"{backup.key} has no manifest: integrity rests on the compressor's own check "
-            "and the restore itself; row counts and checksums cannot be compared"
-        )
+        record.notes.append(f"{backup.key} has no manifest: {_WITHOUT_MANIFEST.get(kind, '')}")
     return backup, previous
+
+
+_WITHOUT_MANIFEST = {
+    "database": "integrity rests on the compressor's own check and the restore itself; row "
+    "counts and checksums cannot be compared",
+    "files": "integrity rests on the files as they are stored; checksums cannot be compared "
+    "with what was backed up",
+    "config": "integrity rests on the compressor's own check (and gpg's, when encrypted); "
+    "member checksums cannot be compared with what was archived",
+}
+"""What a drill without a manifest cannot prove, per kind."""
 
 
 def describe(backup: Backup) -> dict:
