@@ -22,6 +22,8 @@ from pathlib import Path
 
 from bench.estate import DATABASE, ROLES, EstateDumps
 from drills.restore import analyze_database, jobs, restore_database
+from drills.restore.common import Secrets
+from drills.runtime.gpg import Passphrase, gpg_pipe
 from drills.runtime.labels import RunSession
 from drills.runtime.postgres import PostgresContainer, start_postgres
 from drills.storage import LocalStorage, catalog
@@ -188,13 +190,21 @@ def drill_restore(
     a step of its own in the drill, is timed apart."""
 
     def run(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
-        storage = _s3_copy(dumps, variant) if s3 else LocalStorage(dumps.storage_root(variant))
+        secrets = None
+        if variant == ENCRYPTED:
+            storage, secrets = _encrypted_copy(dumps), Secrets(PASSPHRASE_ENV)
+        elif s3:
+            storage = _s3_copy(dumps, variant)
+        else:
+            storage = LocalStorage(dumps.storage_root(variant))
         backup = catalog.latest(catalog.list_backups(storage, "database"))
         pg = start_postgres(image, session, tuning="restore", user="postgres", timeout=120)
         try:
             meter = CpuMeter(pg)
             started = time.monotonic()
-            result = restore_database(storage, backup, pg, DATABASE, timeout=TIMEOUT, analyze=False)
+            result = restore_database(
+                storage, backup, pg, DATABASE, timeout=TIMEOUT, analyze=False, secrets=secrets
+            )
             seconds = time.monotonic() - started
             extra = meter.stop()
             analyze_s = analyze_database(pg, DATABASE, timeout=TIMEOUT)
@@ -205,6 +215,33 @@ def drill_restore(
             pg.stop()
 
     return run
+
+
+# The original runbook's encrypted copy of the plain gzip dump (`gpg --symmetric --cipher-algo
+# AES256`), made once next to the dumps with a benchmark's own passphrase.
+ENCRYPTED = "plain-gzip-gpg"
+PASSPHRASE_ENV = "BENCH_DUMP_PASSPHRASE"
+
+
+def _encrypted_copy(dumps: EstateDumps) -> LocalStorage:
+    root = dumps.root / ENCRYPTED
+    os.environ.setdefault(PASSPHRASE_ENV, "bench passphrase, not a secret")
+    source = dumps.local_path("plain-gzip")
+    target = root / "database" / f"{source.name}.gpg"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        passphrase = Passphrase.from_env(PASSPHRASE_ENV, target.name, PASSPHRASE_ENV)
+        partial = target.with_suffix(".partial")
+        with (
+            open(source, "rb") as plain,
+            gpg_pipe("encrypt", passphrase=passphrase, stdin=plain) as gpg,
+            open(partial, "wb") as out,
+        ):
+            shutil.copyfileobj(gpg.proc.stdout, out, 1 << 20)
+            if gpg.proc.wait() != 0:
+                raise RuntimeError(f"gpg could not encrypt {source}")
+        partial.rename(target)
+    return LocalStorage(root)
 
 
 _S3: dict = {}
@@ -320,6 +357,12 @@ METHODS = {
         "drill restore phase (plain gzip)",
         False,
         drill_restore("plain-gzip"),
+    ),
+    "drill-restore-gpg": Method(
+        "drill-restore-gpg",
+        "drill restore phase (plain gzip, gpg-encrypted)",
+        False,
+        drill_restore(ENCRYPTED),
     ),
     "drill-restore-zstd": Method(
         "drill-restore-zstd",

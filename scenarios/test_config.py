@@ -31,7 +31,11 @@ def test_latest_config_archive_restores(drill, drill_config, drill_storage, acce
     record = drill("config")
 
     backup, previous = locate_with_previous(
-        drill_storage, "config", record, drill_config.storage.prefixes.config
+        drill_storage,
+        "config",
+        record,
+        drill_config.storage.prefixes.config,
+        zone=drill_config.storage.name_timezone,
     )
 
     with contextlib.ExitStack() as extracted:  # the extracted files are removed on exit

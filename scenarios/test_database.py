@@ -19,7 +19,7 @@ from drills.checks.projection import project_rto
 from drills.checks.recovery_point import measure_recovery_point
 from drills.config.errors import DrillError
 from drills.restore import dumpinfo, restore_database
-from fixtures.drills import check_limits, configured, drill_history, thresholds
+from fixtures.drills import check_limits, configured, drill_history, secrets, thresholds
 
 
 @pytest.mark.drill("database")
@@ -31,11 +31,15 @@ def test_latest_database_backup_restores(
     record = drill("database")
 
     backup, previous = locate_with_previous(
-        drill_storage, "database", record, drill_config.storage.prefixes.database
+        drill_storage,
+        "database",
+        record,
+        drill_config.storage.prefixes.database,
+        zone=drill_config.storage.name_timezone,
     )
 
     with record.watch.phase("verify"):
-        major, source = dumpinfo.backup_major(drill_storage, backup)
+        major, source = dumpinfo.backup_major(drill_storage, backup, secrets(settings))
         major = settings.major or major
         if major is None:
             raise DrillError(f"{backup.key}: cannot tell the Postgres major version ({source})")
@@ -47,7 +51,9 @@ def test_latest_database_backup_restores(
 
     bound = settings.restore_timeout or targets.rto.database
     with record.watch.phase("restore"):
-        result = restore_database(drill_storage, backup, target, settings.name, timeout=bound)
+        result = restore_database(
+            drill_storage, backup, target, settings.name, timeout=bound, secrets=secrets(settings)
+        )
     record.extra["restore"] = {
         "method": result.method,
         "bytes_read": result.bytes_read,

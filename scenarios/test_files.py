@@ -34,7 +34,11 @@ def test_latest_uploads_snapshot_restores(
     record = drill("files")
 
     backup, previous = locate_with_previous(
-        drill_storage, "files", record, drill_config.storage.prefixes.files
+        drill_storage,
+        "files",
+        record,
+        drill_config.storage.prefixes.files,
+        zone=drill_config.storage.name_timezone,
     )
 
     with record.watch.phase("provision"):

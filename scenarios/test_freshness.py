@@ -31,7 +31,12 @@ def test_latest_backups_are_within_their_rpo(drill, drill_config, drill_storage)
         for kind in kinds:
             try:
                 newest = catalog.latest(
-                    catalog.list_backups(drill_storage, kind, getattr(prefixes, kind))
+                    catalog.list_backups(
+                        drill_storage,
+                        kind,
+                        getattr(prefixes, kind),
+                        name_timezone=drill_config.storage.name_timezone,
+                    )
                 )
             except DrillError as exc:
                 record.check(f"{kind}: a backup exists", False, str(exc))

@@ -28,7 +28,7 @@ from drills.runtime import images
 from drills.runtime.api import start_api
 from drills.runtime.network import private_network
 from drills.storage import catalog
-from fixtures.drills import check_limits, configured
+from fixtures.drills import check_limits, configured, secrets
 
 
 @pytest.mark.drill("system")
@@ -42,10 +42,13 @@ def test_full_system_recovers(
     cleanup = contextlib.ExitStack()  # last in, first out: app, volume, database, network
     request.addfinalizer(cleanup.close)
 
-    backup = locate(drill_storage, "database", record, prefixes.database)
+    zone = drill_config.storage.name_timezone
+    backup = locate(drill_storage, "database", record, prefixes.database, zone=zone)
     with record.watch.phase("locate"):
         try:
-            uploads = catalog.latest(catalog.list_backups(drill_storage, "files", prefixes.files))
+            uploads = catalog.latest(
+                catalog.list_backups(drill_storage, "files", prefixes.files, name_timezone=zone)
+            )
         except StorageError:
             if drill_config.files is not None:
                 raise
@@ -56,7 +59,7 @@ def test_full_system_recovers(
         record.extra["uploads_backup"] = describe(uploads)
 
     with record.watch.phase("verify"):
-        major, source = dumpinfo.backup_major(drill_storage, backup)
+        major, source = dumpinfo.backup_major(drill_storage, backup, secrets(database))
         major = database.major or major
         if major is None:
             raise DrillError(f"{backup.key}: cannot tell the Postgres major version ({source})")
@@ -72,7 +75,9 @@ def test_full_system_recovers(
 
     with record.watch.phase("restore"):
         bound = database.restore_timeout or targets.rto.database
-        result = restore_database(drill_storage, backup, db, database.name, timeout=bound)
+        result = restore_database(
+            drill_storage, backup, db, database.name, timeout=bound, secrets=secrets(database)
+        )
         files = None
         if uploads is not None:
             files = restore_files(

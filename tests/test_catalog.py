@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from drills.config.errors import DrillError, IntegrityError, StorageError
+from drills.config.errors import ConfigError, DrillError, IntegrityError, StorageError
 from drills.storage import LocalStorage, Storage
 from drills.storage.catalog import latest, latest_at_or_before, list_backups, oldest_in_retention
 from drills.storage.manifest import Manifest, manifest_key
@@ -175,6 +177,79 @@ def test_custom_prefix(backup_storage: Storage):
     assert backup.key == "prod/db/app_20250115_020000.sql.gz"
 
 
+def _written(storage: Storage, key: str, when: datetime) -> None:
+    """Store `key` and, on file://, set its mtime to `when` (S3 sets LastModified itself)."""
+    storage.put_bytes(key, b"\x1f\x8b" + key.encode())
+    if isinstance(storage, LocalStorage):
+        stamp = when.timestamp()
+        os.utime(storage.root / key, (stamp, stamp))
+
+
+def _name(when: datetime, zone: str = "UTC") -> str:
+    return when.astimezone(ZoneInfo(zone)).strftime("%Y%m%d_%H%M%S")
+
+
+def test_a_name_ahead_of_its_write_time_cannot_make_a_backup_look_fresh(backup_storage):
+    written = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    # A server in UTC+9 names its dumps in local time: the name says 9 h later than the truth.
+    key = f"database/app_{_name(written, 'Asia/Tokyo')}.sql.gz"
+    _written(backup_storage, key, written)
+
+    backup = latest(list_backups(backup_storage, "database"))
+
+    assert backup.taken_at == backup.written_at <= datetime.now(UTC)  # S3: LastModified
+    assert backup.time_source == "mtime"
+    assert backup.name_time - backup.written_at > timedelta(hours=8)
+    assert "named by a clock that is not UTC" in backup.time_note
+    assert "[storage] name_timezone" in backup.time_note
+
+    zoned = latest(list_backups(backup_storage, "database", name_timezone="Asia/Tokyo"))
+    assert zoned.name_time == written
+    assert zoned.taken_at <= zoned.written_at + timedelta(minutes=2)
+
+
+def test_a_zone_behind_utc_is_read_in_its_zone(tmp_path):
+    storage = LocalStorage(tmp_path)
+    written = _utc(2025, 1, 15, 7, 0, 30)  # 02:00 in New York
+    _written(storage, f"database/app_{_name(written, 'America/New_York')}.sql.gz", written)
+
+    as_utc = latest(list_backups(storage, "database"))
+    zoned = latest(list_backups(storage, "database", name_timezone="America/New_York"))
+
+    assert as_utc.taken_at == _utc(2025, 1, 15, 2, 0, 30)  # earlier than the truth: stale
+    assert zoned.taken_at == written  # the truth, once the zone is known
+    assert zoned.time_source == "name"
+
+
+@pytest.mark.parametrize(
+    ("local", "utc"),
+    [
+        # Europe/Berlin, fall back 2025-10-26 03:00 CEST -> 02:00 CET: 02:30 happens twice,
+        # the earlier one is taken (an older time never makes a backup look fresher).
+        ("20251026_013000", _utc(2025, 10, 25, 23, 30)),
+        ("20251026_023000", _utc(2025, 10, 26, 0, 30)),
+        ("20251026_033000", _utc(2025, 10, 26, 2, 30)),
+        # spring forward 2025-03-30 02:00 CET -> 03:00 CEST
+        ("20250330_013000", _utc(2025, 3, 30, 0, 30)),
+        ("20250330_033000", _utc(2025, 3, 30, 1, 30)),
+    ],
+)
+def test_names_across_a_dst_change(tmp_path, local, utc):
+    storage = LocalStorage(tmp_path)
+    key = f"database/app_{local}.sql.gz"
+    _written(storage, key, utc + timedelta(minutes=2))
+
+    backup = latest(list_backups(storage, "database", name_timezone="Europe/Berlin"))
+
+    assert backup.taken_at == utc
+    assert backup.time_note is None
+
+
+def test_a_bad_zone_is_named():
+    with pytest.raises(ConfigError, match="not an IANA time zone"):
+        list_backups(LocalStorage("/nonexistent"), "database", name_timezone="Mars/Olympus")
+
+
 def test_an_empty_newest_snapshot_is_the_latest(backup_storage: Storage):
     """The uploads mount vanished: `cp -al` made an empty dated directory (a folder marker on
     S3). It is the newest snapshot, and skipping it would drill the one before."""
@@ -202,3 +277,4 @@ def test_a_snapshot_whose_manifest_is_all_that_is_left_is_listed(backup_storage:
         0,
         "manifest",
     )
+

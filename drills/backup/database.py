@@ -40,6 +40,7 @@ from drills.backup.source import Bounds, Target, lock_wait, snapshot
 from drills.backup.verify import file_digests
 from drills.config import redact_text
 from drills.config.errors import ConfigError, DrillError, EnvironmentProblem
+from drills.runtime.gpg import Encryption
 from drills.storage.manifest import FileEntry, Manifest
 
 FORMATS = ("plain", "custom", "directory")
@@ -71,12 +72,15 @@ def backup_database(
     exact_count_max_bytes: int = 100_000_000,
     bounds: Bounds | None = None,
     pg_dump: str = "pg_dump",
+    encryption: Encryption | None = None,
 ) -> BackupResult:
     """Dump the database `name` (file names ``<name>_<YYYYMMDD_HHMMSS><ext>``) to `dest`.
 
     `dsn` is a libpq connection string or URI; unset, or where it leaves a parameter out,
     libpq's PG* environment variables apply (and the database defaults to `name`). `bounds`
-    limit every query's lock wait and run time, and pg_dump's lock wait.
+    limit every query's lock wait and run time, and pg_dump's lock wait. With `encryption`
+    a plain dump goes through gpg before it touches the disk (``.sql.gz.gpg``); the manifest's
+    sha256 is of the stored, encrypted bytes.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown dump format {format!r} (expected one of {FORMATS})")
@@ -89,6 +93,15 @@ def backup_database(
     ext = extension(format, compression)
     if format == "plain" and compression != "none":
         _need(COMPRESSORS[compression][0])
+    if encryption is not None:
+        if format != "plain":
+            # pg_restore needs random access to an archive: restoring an encrypted one would
+            # mean a plaintext copy on disk.
+            raise ConfigError(
+                f'[database] encrypt works with format = "plain" only (a {format}-format '
+                "dump could not be restored without its plaintext on disk)"
+            )
+        ext += ".gpg"
 
     with Run(dest, Series("database", dest.prefix, f"{name}_")) as run, dest.workdir() as work:
         # taken before the snapshot, so the manifest's start is never after the data's time
@@ -105,7 +118,7 @@ def backup_database(
             dump = _Dump(target, bounds, final)
             files: tuple[FileEntry, ...] = ()
             if format == "plain":
-                size, digest, etags = dump.plain(argv, compression)
+                size, digest, etags = dump.plain(argv, compression, encryption)
             elif format == "custom":
                 size, digest, etags = dump.file([*argv, "--format=custom", *compress])
             else:
@@ -117,6 +130,7 @@ def backup_database(
             finished_at=utcnow(),
             format=format,
             compression=compression,
+            encrypted=encryption is not None,
             bytes=size,
             sha256=digest,
             producer_version=__version__,
@@ -144,12 +158,16 @@ class _Dump:
         self.bounds = bounds
         self.final = final
 
-    def plain(self, argv: list[str], compression: str) -> tuple[int, str, dict[str, str | None]]:
-        """``pg_dump | compressor > final`` with pipefail semantics; hashed as written."""
+    def plain(
+        self, argv: list[str], compression: str, encryption: Encryption | None = None
+    ) -> tuple[int, str, dict[str, str | None]]:
+        """``pg_dump | compressor [| gpg] > final`` with pipefail semantics; hashed as
+        written."""
         compressor = COMPRESSORS.get(compression)
         with (
             tempfile.TemporaryFile() as dump_err,
             tempfile.TemporaryFile() as comp_err,
+            contextlib.ExitStack() as stack,
             atomic_file(self.final) as out,
         ):
             writer = HashingWriter(out)
@@ -169,6 +187,12 @@ class _Dump:
                     procs.append(comp)
                     dump.stdout.close()  # the compressor holds the pipe; pg_dump sees it close
                     source = comp.stdout
+                gpg = None
+                if encryption is not None:
+                    gpg = stack.enter_context(encryption.pipe(stdin=source))
+                    source.close()  # gpg holds it now
+                    procs.append(gpg.proc)
+                    source = gpg.proc.stdout
                 while block := source.read(CHUNK):
                     writer.write(block)
                 source.close()
@@ -180,6 +204,8 @@ class _Dump:
                 raise self.failed("pg_dump", codes[0], dump_err, writer.bytes)
             if compressor is not None and codes[1] != 0:
                 raise self.failed(compressor[0], codes[1], comp_err, writer.bytes)
+            if gpg is not None and codes[-1] != 0:
+                raise self.failed("gpg", codes[-1], gpg.stderr, writer.bytes)
         return writer.bytes, writer.sha256, {"": writer.digests.etag}
 
     def file(self, argv: list[str]) -> tuple[int, str, dict[str, str | None]]:

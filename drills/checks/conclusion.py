@@ -19,22 +19,37 @@ class DrillFailed(DrillError):
     """The drill ran to its end and some check or target failed; the message lists why."""
 
 
-def locate(storage: Storage, kind: str, record: DrillRecord, prefix: str | None = None) -> Backup:
+def locate(
+    storage: Storage,
+    kind: str,
+    record: DrillRecord,
+    prefix: str | None = None,
+    *,
+    zone: str | None = None,
+) -> Backup:
     """Find the latest backup of a kind and describe it in the record."""
-    return locate_with_previous(storage, kind, record, prefix)[0]
+    return locate_with_previous(storage, kind, record, prefix, zone=zone)[0]
 
 
 def locate_with_previous(
-    storage: Storage, kind: str, record: DrillRecord, prefix: str | None = None
+    storage: Storage,
+    kind: str,
+    record: DrillRecord,
+    prefix: str | None = None,
+    *,
+    zone: str | None = None,
 ) -> tuple[Backup, Backup | None]:
     """The latest backup of a kind (described in the record) and the one before it, the
-    plausibility checks' baseline in storage (None when it is the only one)."""
+    plausibility checks' baseline in storage (None when it is the only one). `zone` is
+    `[storage] name_timezone`, the zone of the times in backup names."""
     with record.watch.phase("locate"):
-        backups = catalog.list_backups(storage, kind, prefix)
+        backups = catalog.list_backups(storage, kind, prefix, name_timezone=zone)
         backup = catalog.latest(backups)
     earlier = [b for b in backups if (b.taken_at, b.key) < (backup.taken_at, backup.key)]
     previous = catalog.latest(earlier) if earlier else None
     record.backup = describe(backup)
+    if backup.time_note:
+        record.notes.append(f"{backup.key}: {backup.time_note}")
     if backup.manifest_key is None:
         record.notes.append(f"{backup.key} has no manifest: {_WITHOUT_MANIFEST.get(kind, '')}")
     return backup, previous
@@ -58,6 +73,8 @@ def describe(backup: Backup) -> dict:
         "key": backup.key,
         "taken_at": backup.taken_at.isoformat(),
         "time_source": backup.time_source,
+        "name_time": backup.name_time.isoformat() if backup.name_time else None,
+        "written_at": backup.written_at.isoformat() if backup.written_at else None,
         "bytes": manifest.bytes if manifest and manifest.bytes is not None else backup.size,
         "sha256": manifest.sha256 if manifest else None,
         "manifest": backup.manifest_key,

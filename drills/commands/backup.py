@@ -21,6 +21,7 @@ from drills.backup.common import BackupResult, Destination, human_size, os_error
 from drills.backup.source import Bounds
 from drills.config import Config, load_config
 from drills.config.errors import ConfigError
+from drills.runtime.gpg import Encryption
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,11 @@ def _produce(
         if config.database is None:
             raise ConfigError("[database] is not configured: set its name (or --name)")
         settings = config.database
+        encryption = None
+        if settings.encrypt:
+            encryption = Encryption(
+                settings.passphrase_env, settings.gpg_home, settings.gpg_recipient
+            )
         return backup_database(
             dest("database"),
             settings.name,
@@ -153,6 +159,7 @@ def _produce(
             compression=settings.compression,
             exact_count_max_bytes=settings.exact_count_max_bytes,
             bounds=Bounds(config.backup.lock_timeout, config.runtime.step_timeout),
+            encryption=encryption,
         )
     if kind == "files":
         if config.files is None or not config.files.source_dir:

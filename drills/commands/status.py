@@ -68,7 +68,9 @@ def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
     target = getattr(config.targets.rpo, kind)
     prefix = getattr(config.storage.prefixes, kind)
     try:
-        backups = catalog.list_backups(storage, kind, prefix)
+        backups = catalog.list_backups(
+            storage, kind, prefix, name_timezone=config.storage.name_timezone
+        )
     except DrillError as exc:
         return {"count_7d": 0, "latest": None, "within_rpo": False, "rpo_s": target,
                 "error": str(exc)}  # fmt: skip

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MINUTE = 60.0
 HOUR = 60 * MINUTE
@@ -103,6 +104,14 @@ def _positive(number: int) -> str | None:
 
 def _not_negative(number: int) -> str | None:
     return None if number >= 0 else f"must not be negative, got {number}"
+
+
+def _zone(name: str) -> str | None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"must be an IANA time zone such as Europe/Berlin, got {show(name)}"
+    return None
 
 
 def _percent(number: int) -> str | None:
@@ -200,6 +209,12 @@ class StorageSettings:
         None, "S3 endpoint (MinIO, Backblaze B2, moto); unset means AWS.", check=_http_url
     )
     region: str | None = knob(None, "S3 region; unset leaves it to boto3 (AWS_REGION, profile).")
+    name_timezone: str | None = knob(
+        None,
+        "IANA time zone (DST-aware, e.g. Europe/Berlin) the times in backup names are written "
+        "in; unset: UTC. Names made by `date +%Y%m%d_%H%M%S` on a server not kept in UTC need it.",
+        check=_zone,
+    )
     sse: Literal["AES256", "aws:kms"] | None = knob(
         None, "Server-side encryption the producers ask for on upload; unset asks for none."
     )
@@ -269,6 +284,27 @@ class DatabaseSettings:
     )
     restore_timeout: float | None = knob(
         None, "Bound on a hung restore; unset derives it from [targets.rto] database."
+    )
+    passphrase_env: str | None = knob(
+        None,
+        "NAME of the environment variable holding the gpg passphrase of encrypted dumps "
+        "(`.sql.gz.gpg`, never the passphrase itself); the producer encrypts with it when "
+        "`encrypt` is on.",
+        check=_env_name,
+    )
+    gpg_home: str | None = knob(
+        None,
+        "A GnuPG home whose keyring holds the secret key of dumps made with `gpg --encrypt -r` "
+        "(and, for the producer, the recipient's public key).",
+        check=_absolute,
+    )
+    encrypt: bool = knob(
+        False,
+        "The producer encrypts its plain dumps with gpg (AES256 with the passphrase, or to "
+        "`gpg_recipient`): `<db>_<ts>.sql.gz.gpg`.",
+    )
+    gpg_recipient: str | None = knob(
+        None, "Encrypt to this key of `gpg_home` instead of with the passphrase."
     )
     tables_without_data: tuple[str, ...] = knob(
         (),

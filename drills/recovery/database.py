@@ -52,6 +52,7 @@ from drills.recovery.point_in_time import PointInTimeSource
 from drills.recovery.safety import SafetyDump, dump_path, take_safety_dump
 from drills.recovery.target import Server, ToolsTarget
 from drills.restore import dumpinfo, restore_database
+from drills.restore.common import Secrets
 from drills.storage import Storage, catalog
 from drills.storage.catalog import Backup
 
@@ -79,6 +80,8 @@ class DatabasePlan:
     safety_dir: Path | None
     free: int | None = None
     checks: tuple[str, ...] = ()
+    secrets: Secrets | None = None
+    """How to open an encrypted dump ([database] passphrase_env, gpg_home)."""
     pre_restore: tuple[str, ...] = ()
     post_restore: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
@@ -183,6 +186,7 @@ def plan_database(
         stamp=ts,
         safety_dir=safety_dir,
         checks=settings.checks if settings else (),
+        secrets=Secrets(settings.passphrase_env, settings.gpg_home) if settings else None,
     )
     if "password" in conninfo_to_dict(dsn):
         plan.notes.append(
@@ -234,7 +238,12 @@ def _choose_source(
             return
     name = settings.name if settings else None
     try:
-        backups = catalog.list_backups(storage, "database", config.storage.prefixes.database)
+        backups = catalog.list_backups(
+            storage,
+            "database",
+            config.storage.prefixes.database,
+            name_timezone=config.storage.name_timezone,
+        )
         if name:
             backups = [b for b in backups if b.database in (None, name)] or backups
         backup, why = choose(backups, "database", key=key, at=at)
@@ -245,7 +254,7 @@ def _choose_source(
     backup.manifest  # noqa: B018 - a bad manifest stops the plan, before anything is touched
     if why_not:
         why = f"{why} (point in time not used: {why_not})"
-    major, source = dumpinfo.backup_major(storage, backup)
+    major, source = dumpinfo.backup_major(storage, backup, plan.secrets)
     if settings and settings.major:
         major, source = settings.major, "[database] major"
     if major is None:
@@ -305,7 +314,7 @@ def _restore(
         method = "point in time: base backup + WAL, then pg_dump | pg_restore"
         return method, seconds, timings, [], None
     say(f"restoring {plan.backup.key} into the new database {new}")
-    result = restore_database(storage, plan.backup, tools, new, timeout=bound)
+    result = restore_database(storage, plan.backup, tools, new, timeout=bound, secrets=plan.secrets)
     if result.roles_created:
         say(f"created the roles the dump refers to (NOLOGIN): {', '.join(result.roles_created)}")
     timings = {"restore": result.seconds}

@@ -90,7 +90,9 @@ def _backups(config: Config, now: datetime) -> list[str]:
         prefix = getattr(storage.prefixes, kind)
         rpo = human(getattr(config.targets.rpo, kind))
         try:
-            backups = catalog.list_backups(opened, kind, prefix)
+            backups = catalog.list_backups(
+                opened, kind, prefix, name_timezone=storage.name_timezone
+            )
         except DrillError as exc:
             out.append(f"| {kind} | `{prefix}` | - | {_cell(str(exc))} | - | - | {rpo} |")
             continue

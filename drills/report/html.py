@@ -36,8 +36,8 @@ SHOWN = {
 PROFILE_DETAIL = {"rows", "inventory", "estimated", "files"}
 TIME_SOURCES = {
     "manifest": "the manifest's start time",
-    "name": "the time in the file name (read as UTC)",
-    "mtime": "the object's modification time (no manifest, no time in the name)",
+    "name": "the time in the file name (earlier than its write time)",
+    "mtime": "the object's write time (no manifest; the name's time, if any, was later)",
 }
 
 

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError, EnvironmentProblem, StorageError
+from drills.runtime.gpg import Passphrase, gpg_pipe
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
 from drills.storage.catalog import Backup
@@ -49,6 +50,29 @@ class RestoreResult:
     facts: Any = None
     roles_created: list[str] = field(default_factory=list)
     attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """How to open an encrypted backup: the NAME of the variable holding its passphrase,
+    and a GnuPG home whose keyring holds its secret key (either, or both)."""
+
+    passphrase_env: str | None = None
+    gpg_home: str | None = None
+
+
+def decrypting(backup: Backup, secrets: Secrets | None):
+    """`gpg --decrypt` for an encrypted backup (a context manager: a `GpgPipe`), with its
+    passphrase from the variable `[database] passphrase_env` names, or its keyring."""
+    secrets = secrets or Secrets()
+    passphrase = None
+    if secrets.passphrase_env or not secrets.gpg_home:
+        passphrase = Passphrase.from_env(
+            secrets.passphrase_env, backup.key, "[database] passphrase_env"
+        )
+    return gpg_pipe(
+        "decrypt", passphrase=passphrase, keyring=secrets.gpg_home, hide=secrets.passphrase_env
+    )
 
 
 class RoleMaker:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 
 from drills.restore.archive import restore_archive
-from drills.restore.common import RestoreError, RestoreResult, RoleMaker, jobs
+from drills.restore.common import RestoreError, RestoreResult, RoleMaker, Secrets, jobs
 from drills.restore.plain import restore_plain
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
@@ -56,20 +56,22 @@ def restore_database(
     parallel: int | None = None,
     analyze: bool = True,
     create_roles: bool = True,
+    secrets: Secrets | None = None,
 ) -> RestoreResult:
     """Restore `backup` into a new database `dbname` of `pg`, once, then ANALYZE it (unless
     `analyze` is false: the caller times it as a step of its own); raise with a named cause.
 
     The roles the dump refers to (owners, grantees, policy roles) are created before the
     statements that need them run (`create_roles`; see `RoleMaker`); `result.facts` says
-    what the dump declared, for the completeness and inventory checks.
+    what the dump declared, for the completeness and inventory checks. `secrets` open an
+    encrypted (gpg) dump.
     """
     started = time.monotonic()
     n = parallel or jobs()
     _create_database(pg, dbname)
     roles = RoleMaker(pg, create=create_roles)
     try:
-        result = _restore_once(storage, backup, pg, dbname, timeout, n, roles)
+        result = _restore_once(storage, backup, pg, dbname, timeout, n, roles, secrets)
     finally:
         roles.close()
     result.roles_created = list(roles.created)
@@ -136,9 +138,18 @@ def _restore_once(
     timeout: float,
     n: int,
     roles: RoleMaker,
+    secrets: Secrets | None,
 ) -> RestoreResult:
     if backup.format == "plain":
-        return restore_plain(storage, backup, pg, dbname, timeout, roles)
+        return restore_plain(storage, backup, pg, dbname, timeout, roles, secrets)
+    if backup.encrypted:
+        # pg_restore needs random access to an archive: decrypting one would leave its
+        # plaintext on disk, which an encrypted backup exists to avoid.
+        raise RestoreError(
+            f"{backup.key}: an encrypted {backup.format}-format dump cannot be restored without "
+            "a plaintext copy on disk; encrypt plain dumps (`pg_dump | gzip | gpg`), as "
+            "`drill backup database` does with [database] encrypt"
+        )
     if backup.format in ("custom", "directory"):
         return restore_archive(storage, backup, pg, dbname, timeout, n, roles)
     raise RestoreError(f"{backup.key}: cannot restore format {backup.format!r}")

@@ -37,6 +37,8 @@ from drills.restore.common import (
     RestoreError,
     RestoreResult,
     RoleMaker,
+    Secrets,
+    decrypting,
     died,
     raise_causes,
     tool_failure,
@@ -44,6 +46,7 @@ from drills.restore.common import (
 )
 from drills.restore.dumpscan import DumpScan
 from drills.restore.fetch import open_if_read
+from drills.runtime.gpg import GpgPipe
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
 from drills.storage.catalog import Backup
@@ -67,11 +70,28 @@ def restore_plain(
     dbname: str,
     timeout: float,
     roles: RoleMaker,
+    secrets: Secrets | None = None,
 ) -> RestoreResult:
-    """Stream a plain SQL dump into `dbname` through psql, once; raise with a named cause."""
+    """Stream a plain SQL dump into `dbname` through psql, once; raise with a named cause.
+    An encrypted dump goes through `gpg --decrypt` first (no plaintext on disk)."""
     started = time.monotonic()
     if backup.compression not in COMPRESSIONS:
         raise RestoreError(f"{backup.key}: unknown compression {backup.compression!r}")
+    with contextlib.ExitStack() as stack:
+        gpg = stack.enter_context(decrypting(backup, secrets)) if backup.encrypted else None
+        return _stream(storage, backup, pg, dbname, timeout, roles, gpg, started)
+
+
+def _stream(
+    storage: Storage,
+    backup: Backup,
+    pg: PostgresContainer,
+    dbname: str,
+    timeout: float,
+    roles: RoleMaker,
+    gpg: GpgPipe | None,
+    started: float,
+) -> RestoreResult:
     psql_argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d", dbname]
     pipe = pg.inbox_paths(f"{dbname}-{secrets.token_hex(4)}.sql")
     if pipe is not None:
@@ -90,14 +110,27 @@ def restore_plain(
     try:
         sink = psql.stdin if pipe is None else _open_pipe(pipe[0], psql, timeout)
         _widen(sink)
+        # The stored bytes go to gpg (when encrypted), then zstd (when zstd): the reader
+        # writes into the first stage, the pump reads the last one's output.
+        into = source = None
+        if gpg is not None:
+            into, source = gpg.proc.stdin, _FileSource(gpg.proc.stdout)
+            _widen(gpg.proc.stdout)
         if backup.compression == "zstd":
             unzstd = subprocess.Popen(
-                ZSTD, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                ZSTD,
+                stdin=gpg.proc.stdout if gpg is not None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
             errors["zstd"] = Drain(unzstd.stderr)
             _widen(unzstd.stdout)
-            into, source = unzstd.stdin, _FileSource(unzstd.stdout)
-        else:
+            if gpg is None:
+                into = unzstd.stdin
+            else:
+                gpg.proc.stdout.close()  # zstd holds it now
+            source = _FileSource(unzstd.stdout)
+        if into is None:
             into = source = _ChunkPipe()
         gunzip = _Gunzip(backup.key) if backup.compression == "gzip" else None
         # With a manifest, bytes the consumer never took are still read and hashed, so that
@@ -108,7 +141,7 @@ def restore_plain(
             pump.stopped = True  # psql exited before it opened its input; its error says why
         reader.start()
         pump.start()
-        procs = [p for p in (unzstd, psql) if p is not None]
+        procs = [p for p in (gpg.proc if gpg else None, unzstd, psql) if p is not None]
         wait_all(procs, [reader, pump], timeout, f"restore of {backup.key}")
     finally:
         if pipe is not None:
@@ -122,7 +155,9 @@ def restore_plain(
             reader.hashed.verify(manifest.sha256, manifest.bytes, backup.key)
         except IntegrityError as exc:
             causes.append(exc)
-    # zstd killed by SIGPIPE only saw its reader stop first: that reader's error is the cause.
+    # gpg and zstd killed by SIGPIPE only saw their reader stop first: its error is the cause.
+    if gpg is not None and gpg.proc.returncode not in (0, -signal.SIGPIPE):
+        causes.append(gpg.error(backup.key))
     if unzstd is not None and unzstd.returncode not in (0, -signal.SIGPIPE):
         detail = errors["zstd"].text().strip() or f"exit {unzstd.returncode}"
         causes.append(
@@ -141,7 +176,8 @@ def restore_plain(
         bytes_read=reader.hashed.bytes_read,
         sha256=reader.hashed.sha256,
         seconds=seconds,
-        method=f"stream {backup.compression} -> psql (ON_ERROR_STOP) through {how}",
+        method=f"stream {'gpg -> ' if gpg else ''}{backup.compression} -> psql (ON_ERROR_STOP) "
+        f"through {how}",
         stages={"load": round(seconds, 3)},
         facts=scan,
         notes=[f"not run as written: {what}" for what in scan.rewritten[:10]],

@@ -15,9 +15,12 @@ scripts (no manifests) are drillable as they are:
 - config (``config/``): ``config_<YYYYMMDD_HHMMSS>.tar.gz``, optionally ``.gpg``.
 
 When a backup was taken: its manifest's ``started_at`` when it has one (a dump is consistent
-as of its start), else the time in its name, read as **UTC** (the seed scripts ran
-``date +%Y%m%d_%H%M%S`` on servers kept in UTC; write a manifest if yours were not), else the
-object's modification time. `Backup.time_source` says which. Listing reads the manifests
+as of its start). Without one, a backup cannot have been taken after its bytes were written:
+its time is the earlier of the time in its name and the object's modification time (the
+file's mtime, S3's LastModified). Names are read as UTC, or in ``[storage] name_timezone``
+(the seed's ``date +%Y%m%d_%H%M%S`` writes the server's local time); a name more than a few
+minutes after its write time was made by a clock in another zone, and `Backup.time_note`
+says so. `Backup.time_source` says which time was taken. Listing reads the manifests
 (small JSON sidecars, see `drills.storage.manifest`), never a backup's body.
 
 Example::
@@ -35,7 +38,8 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drills.config.errors import ConfigError, DrillError, IntegrityError, StorageError
 from drills.storage import ObjectInfo, Storage
@@ -54,6 +58,9 @@ _CONFIG = re.compile(r"^.+(?P<ext>\.tar\.gz|\.tgz|\.tar\.zst|\.tar)(?P<gpg>\.gpg
 _CONFIG_TS = re.compile(rf"_{_TS}\.")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A name may be a little after the write time (a script stamping after the file is done);
+# more means the clock that made the name was not the zone it is read in.
+CLOCK_SKEW = timedelta(minutes=5)
 
 _FORMATS = {
     ".sql": ("plain", "none"),
@@ -89,6 +96,13 @@ class Backup:
     storage_class: str | None = None
     manifest_problem: str | None = None
     loaded_manifest: Manifest | None = field(default=None, repr=False)
+    name_time: datetime | None = None
+    """The time its name gives (in `[storage] name_timezone`, else read as UTC)."""
+    written_at: datetime | None = None
+    """When its bytes were written: the file's mtime, or S3's LastModified (the newest of a
+    directory's objects)."""
+    time_note: str | None = None
+    """Why `taken_at` is not the name's time, when it is not."""
     objects: int = 0
     """How many objects the backup is made of (0: an empty snapshot)."""
 
@@ -125,8 +139,15 @@ class _Candidate:
         self.storage_class = self.storage_class or info.storage_class
 
 
-def list_backups(storage: Storage, kind: str, prefix: str | None = None) -> list[Backup]:
-    """All backups of `kind` under `prefix` (default: the seed's), oldest first."""
+def list_backups(
+    storage: Storage, kind: str, prefix: str | None = None, *, name_timezone: str | None = None
+) -> list[Backup]:
+    """All backups of `kind` under `prefix` (default: the seed's), oldest first.
+
+    `name_timezone` (an IANA zone, DST-aware) is the zone the names' times were written in,
+    for scripts whose `date +%Y%m%d_%H%M%S` ran on a server not kept in UTC.
+    """
+    zone = zone_of(name_timezone)
     if kind not in DEFAULT_PREFIXES:
         expected = ", ".join(DEFAULT_PREFIXES)
         raise ConfigError(f"unknown backup kind {kind!r} (expected one of: {expected})")
@@ -143,7 +164,7 @@ def list_backups(storage: Storage, kind: str, prefix: str | None = None) -> list
     if not candidates:
         raise StorageError(f"no {kind} backups under {storage.url.rstrip('/')}/{prefix}")
     with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
-        backups = list(pool.map(lambda c: _backup(storage, kind, c, manifests), candidates))
+        backups = list(pool.map(lambda c: _backup(storage, kind, c, manifests, zone), candidates))
     return sorted(backups, key=lambda b: (b.taken_at, b.key))
 
 
@@ -273,7 +294,9 @@ def _configs(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> lis
     return found
 
 
-def _backup(storage: Storage, kind: str, c: _Candidate, manifests: set[str]) -> Backup:
+def _backup(
+    storage: Storage, kind: str, c: _Candidate, manifests: set[str], zone: tzinfo
+) -> Backup:
     mkey = manifest_key(c.key)
     manifest, problem = None, None
     if mkey in manifests:
@@ -284,11 +307,17 @@ def _backup(storage: Storage, kind: str, c: _Candidate, manifests: set[str]) -> 
         if manifest is not None and manifest.kind != kind:
             problem = f"{mkey}: manifest says kind {manifest.kind!r}, the backup is a {kind} backup"
             manifest = None
+    name_time = None
+    if c.name_time is not None:
+        # The name's digits are a wall-clock time in `zone`; the earlier of a repeated hour.
+        name_time = c.name_time.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    written = c.modified if c.modified > _EPOCH else None
+    note = None
     if manifest is not None:
         taken_at, source = manifest.started_at, "manifest"
         fmt, compression, encrypted = manifest.format, manifest.compression, manifest.encrypted
     else:
-        taken_at, source = (c.name_time, "name") if c.name_time else (c.modified, "mtime")
+        taken_at, source, note = _time_without_manifest(name_time, written, zone)
         fmt, compression, encrypted = c.format, c.compression, c.encrypted
     return Backup(
         kind=kind,
@@ -304,8 +333,46 @@ def _backup(storage: Storage, kind: str, c: _Candidate, manifests: set[str]) -> 
         storage_class=c.storage_class,
         manifest_problem=problem,
         loaded_manifest=manifest,
+        name_time=name_time,
+        written_at=written,
+        time_note=note,
         objects=c.objects,
     )
+
+
+def _time_without_manifest(
+    name_time: datetime | None, written: datetime | None, zone: tzinfo
+) -> tuple[datetime, str, str | None]:
+    """(taken_at, source, note): a backup cannot have been taken after its bytes were
+    written, so the earlier of the name's time and the write time."""
+    if name_time is None:
+        return written or _EPOCH, "mtime", None
+    if written is None or name_time <= written:
+        return name_time, "name", None
+    ahead = name_time - written
+    if ahead <= CLOCK_SKEW:
+        return written, "mtime", None
+    hours = ahead.total_seconds() / 3600
+    zone_name = "UTC" if zone is UTC else str(zone)
+    note = (
+        f"the time in its name ({_iso(name_time)}, read as {zone_name}) is {hours:.1f} h after "
+        f"its bytes were written ({_iso(written)}): named by a clock that is not {zone_name}? "
+        "Its time is taken as the write time; set [storage] name_timezone to the zone the "
+        "names are written in"
+    )
+    return written, "mtime", note
+
+
+def zone_of(name: str | None) -> tzinfo:
+    """The zone of `[storage] name_timezone` (UTC when unset); a bad name is a config error."""
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"[storage] name_timezone: {name!r} is not an IANA time zone (e.g. Europe/Berlin)"
+        ) from None
 
 
 def _name_time(stamp: str | None) -> datetime | None:

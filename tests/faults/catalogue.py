@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from drills.storage.manifest import Manifest, TableCount
 from fixtures.estate_backups import (
     DB,
+    gpg_symmetric,
     put_config_archive,
     put_files_snapshot,
     run_drill,
@@ -260,6 +261,35 @@ def _large_truncated(ctx) -> Case:
     key = _put_dump(ctx, data[: len(data) // 2])
     ctx.storage.put_bytes(f"{key}.manifest.json", _manifest(data, {}, tables=()).to_json().encode())
     return Case(DATABASE)
+
+
+def skewed_clock(ctx) -> Case:
+    """A dump written 3 h ago whose name a server in UTC+10 stamped in its local time: read
+    as UTC the name says 7 h in the future, which made a stale backup look fresh."""
+    written = datetime.now(UTC) - timedelta(hours=3)
+    name = (written + timedelta(hours=10)).strftime("%Y%m%d_%H%M%S")
+    key = f"database/{DB}_{name}.sql.gz"
+    ctx.storage.put_bytes(key, _gz(ctx.dumps["plain"]))
+    os.utime(ctx.storage.root / key, (written.timestamp(), written.timestamp()))
+    return Case(DATABASE)
+
+
+def encrypted_case(*, passphrase: str | None = PASSPHRASE, damage: bool = False):
+    """The runbook's encrypted copy (`gzip | gpg --symmetric --cipher-algo AES256` under
+    `encrypted/`) with one thing wrong."""
+
+    def make(ctx) -> Case:
+        data = bytearray(gpg_symmetric(_gz(ctx.dumps["plain"]), PASSPHRASE))
+        if damage:
+            data[len(data) // 2] ^= 0xFF
+        key = f"encrypted/{DB}_{stamp(timedelta(minutes=3))}.sql.gz.gpg"
+        ctx.storage.put_bytes(key, bytes(data))
+        sections = '[storage.prefixes]\ndatabase = "encrypted/"\n\n' + DATABASE
+        sections += 'passphrase_env = "DRILL_DUMP_PASSPHRASE"\n'
+        env = {} if passphrase is None else {"DRILL_DUMP_PASSPHRASE": passphrase}
+        return Case(sections, env=env)
+
+    return make
 
 
 # -- files and config -------------------------------------------------------------------------
@@ -679,6 +709,38 @@ FAULTS: list[Fault] = [
         "database",
         "size mismatch",
         _large_truncated,
+    ),
+    Fault(
+        "a name 10 h ahead of its write time",
+        "database",
+        "dump written 3 h ago, named in UTC+10 local time (7 h in the future as UTC)",
+        "database",
+        "RPO over target: the backup is 3h",
+        skewed_clock,
+    ),
+    Fault(
+        "encrypted dump, wrong passphrase",
+        "database",
+        "runbook's .sql.gz.gpg, DRILL_DUMP_PASSPHRASE set to another value",
+        "database",
+        "gpg could not decrypt it: wrong passphrase",
+        encrypted_case(passphrase="not the passphrase"),
+    ),
+    Fault(
+        "encrypted dump, passphrase variable not set",
+        "database",
+        "runbook's .sql.gz.gpg, [database] passphrase_env names an unset variable",
+        "database",
+        "the passphrase variable DRILL_DUMP_PASSPHRASE is not set",
+        encrypted_case(passphrase=None),
+    ),
+    Fault(
+        "encrypted dump, damaged ciphertext",
+        "database",
+        "one byte flipped mid-file in the runbook's .sql.gz.gpg",
+        "database",
+        "corrupt",
+        encrypted_case(damage=True),
     ),
     Fault(
         "custom-format dump with a damaged TOC",
