@@ -278,3 +278,16 @@ def test_a_snapshot_whose_manifest_is_all_that_is_left_is_listed(backup_storage:
         "manifest",
     )
 
+
+def test_a_snapshot_of_old_uploads_is_taken_when_its_name_says(tmp_path):
+    """rsync -a and cp -al keep the uploads' own times: a snapshot taken now of files
+    untouched for years was written now, not years ago."""
+    storage = LocalStorage(tmp_path)
+    name = _name(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5))
+    old = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+    _written(storage, f"files/{name}/avatars/a.png", datetime.fromtimestamp(old, UTC))
+
+    backup = latest(list_backups(storage, "files"))
+
+    assert (backup.time_source, backup.time_note) == ("name", None)
+    assert backup.written_at > datetime.now(UTC) - timedelta(minutes=1)

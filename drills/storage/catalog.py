@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drills.config.errors import ConfigError, DrillError, IntegrityError, StorageError
-from drills.storage import ObjectInfo, Storage
+from drills.storage import LocalStorage, ObjectInfo, Storage
 from drills.storage.manifest import SUFFIX, Manifest, manifest_key
 
 DEFAULT_PREFIXES = {"database": "database/", "files": "files/", "config": "config/"}
@@ -161,6 +162,8 @@ def list_backups(
     candidates = group(objects, prefix, manifests)
     if kind == "files":
         candidates += _empty_snapshots(storage, prefix, candidates, manifests)
+        if isinstance(storage, LocalStorage):
+            _snapshot_write_times(storage, candidates)
     if not candidates:
         raise StorageError(f"no {kind} backups under {storage.url.rstrip('/')}/{prefix}")
     with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
@@ -271,6 +274,18 @@ def _empty_snapshots(
             _Candidate(key, name_time=_name_time(match["ts"] if match else None), format="snapshot")
         )
     return empty
+
+
+def _snapshot_write_times(storage: LocalStorage, candidates: list[_Candidate]) -> None:
+    """A local snapshot was written when its directory was made (its ctime): its files keep
+    the uploads' own times (rsync -a, cp -al), which say nothing of when it was taken."""
+    for c in candidates:
+        try:
+            made = os.lstat(storage.root.joinpath(*c.key.rstrip("/").split("/"))).st_ctime
+        except OSError:
+            c.modified = _EPOCH  # only its manifest is left
+            continue
+        c.modified = datetime.fromtimestamp(made, UTC)
 
 
 def _configs(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
