@@ -163,16 +163,22 @@ def _stamp_of(name: str) -> str | None:
 
 
 def _previous(work: Path, ts: str) -> str | None:
-    """The newest snapshot directory older than `ts`."""
-    names = [
-        name
-        for name in os.listdir(work)
-        if _SNAPSHOT.match(name)
-        and name < ts
-        and (work / name).is_dir()
-        and not (work / name).is_symlink()
-    ]
-    return max(names, default=None)
+    """The newest snapshot directory taken before `ts`: by its second, then, for names of
+    the same second (a unique suffix is random, so its order says nothing), by when the
+    directory was made."""
+    second = ts[:15]
+    found = []
+    for name in os.listdir(work):
+        path = work / name
+        if not _SNAPSHOT.match(name) or name == ts or name[:15] > second:
+            continue
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found.append((name[:15], st.st_ctime_ns, name))
+    return max(found)[2] if found else None
 
 
 def _local_manifest(work: Path, snapshot: str | None) -> dict[str, FileEntry]:
