@@ -94,6 +94,21 @@ def test_snapshot_without_manifest_passes_with_a_note(tmp_path, local_storage):
     assert any("integrity was not provable" in note for note in drill["notes"]), drill["notes"]
 
 
+def test_s3_snapshots_with_a_file_list_or_none_pass(tmp_path, s3_bucket, embedded_s3):
+    """Over real S3 an object listing has no directories, not even the snapshot's root: the
+    restored tree's directories above the files are not extra."""
+    put_files_snapshot(s3_bucket, uploads(), manifest=False, age=timedelta(hours=1))
+    config = write_drill_toml(tmp_path, s3_bucket.url, FILES, endpoint_url=embedded_s3.endpoint_url)
+    bare = run_drill(config, "files", env={**os.environ, **S3_ENV})
+    assert bare.exit == 0, bare.output
+    assert any("integrity was not provable" in n for n in bare.drill("files")["notes"])
+
+    put_files_snapshot(s3_bucket, uploads())  # newer, with a manifest listing its files
+    listed = run_drill(config, "files", env={**os.environ, **S3_ENV})
+    assert listed.exit == 0, listed.output
+    assert _checks(listed.drill("files"))["no file beyond the manifest"] is True
+
+
 def test_archived_object_fails_naming_it(tmp_path, s3_bucket, embedded_s3):
     """Over real S3 (the embedded moto server): one upload moved to GLACIER cannot be read."""
     key = put_files_snapshot(s3_bucket, uploads())

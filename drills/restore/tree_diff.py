@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from drills.storage.snapshot import DIR, FILE, LINK, Entry, Snapshot, order_key
+from drills.storage.snapshot import DIR, FILE, LINK, ROOT, Entry, Snapshot, order_key
 
 KINDS = {FILE: "a file", LINK: "a link", DIR: "a directory"}
 
@@ -73,7 +73,7 @@ def compare(
             first = got.entries.get(entry.hardlink)
             if first is None or first.inode != there.inode:
                 found.hardlinks.append(f"{path} (not the same file as {entry.hardlink})")
-    parents = _parents([*want.entries, *skipped])
+    parents = _parents([*want.entries, *skipped]) | {ROOT}
     found.extra = [
         got.entries[path].shown
         for path in sorted(got.entries, key=order_key)
@@ -101,7 +101,7 @@ def _attributes(
 
 def _parents(paths: Collection[str]) -> set[str]:
     """Every directory above `paths`: restored parents a snapshot need not list (an object
-    listing lists none)."""
+    listing lists none, not even the root)."""
     found = set()
     for path in paths:
         parts = path.split("/")
