@@ -41,8 +41,9 @@ from drills.restore.prefetch import Item, Prefetch, Wanted
 from drills.restore.tree_diff import compare
 from drills.runtime.labels import RunSession
 from drills.runtime.network import create_volume
-from drills.storage import LocalStorage, Storage
+from drills.storage import LocalStorage, Storage, catalog
 from drills.storage.catalog import Backup
+from drills.storage.etag import EtagCheck, Verdict
 from drills.storage.manifest import HashingReader
 from drills.storage.snapshot import (
     DIR,
@@ -52,6 +53,7 @@ from drills.storage.snapshot import (
     Entry,
     Snapshot,
     expected,
+    listing_snapshot,
     open_file,
     pax_time,
     stored_snapshot,
@@ -122,6 +124,8 @@ class FilesRestore:
     """Files whose bytes disagree with the manifest, and how."""
     traces: dict[str, Trace] = field(default_factory=dict)
     """Where each damaged or missing file can still be found."""
+    etags: dict[str, Verdict] = field(default_factory=dict)
+    """What each object's S3 ETag says of the bytes read (object stores only)."""
     bytes_read: int = 0
     seconds: float = 0.0
     method: str = f"storage -> tar stream -> tar -x in a helper container ({MOUNT})"
@@ -155,7 +159,10 @@ def restore_files(
     found, for the checks to fail on.
     """
     started = time.monotonic()
-    stored = stored_snapshot(storage, backup.key)
+    if backup.format == catalog.MIRROR:
+        stored = listing_snapshot(catalog.mirror_objects(storage, backup.key), backup.key)
+    else:
+        stored = stored_snapshot(storage, backup.key)
     want = expected(stored, backup.manifest)
     _refuse_unsafe(backup.key, want)
     volume = create_volume(client, session, "uploads")
@@ -201,7 +208,9 @@ def restore_files(
     restored.streamed = sender.streamed
     restored.heads = sender.heads
     restored.bytes_read = sender.bytes_read
+    restored.etags = sender.etags
     restored.damaged = _damaged(want, sender.streamed)
+    restored.damaged.update({p: v.words for p, v in sender.etags.items() if v.ok is False})
     restored.traces = damage.trace(storage, backup, restored.unusable)
     restored.seconds = time.monotonic() - started
     return restored
@@ -307,6 +316,8 @@ def check_files(
             not found.hardlinks,
             f"not linked: {_names(found.hardlinks)}" if found.hardlinks else "every one",
         )
+    if restored.etags:
+        _check_etags(record, restored.etags)
     record.check(
         "the volume holds exactly what was read from storage",
         not (changed := _changed(restored.streamed, landed, skipped)),
@@ -315,6 +326,27 @@ def check_files(
         else f"{len(restored.streamed)} files, {restored.bytes_read} bytes, checksums equal",
     )
     _notes(record, backup, restored, facts, listed)
+
+
+def _check_etags(record: DrillRecord, etags: Mapping[str, Verdict]) -> None:
+    """Every object's bytes against its ETag: a mismatch fails; one that cannot be checked
+    is named in a note, never counted as verified."""
+    differ = sorted(p for p, v in etags.items() if v.ok is False)
+    unverifiable = sorted(p for p, v in etags.items() if v.ok is None)
+    verified = len(etags) - len(differ) - len(unverifiable)
+    record.check(
+        "objects match their S3 ETag and size",
+        not differ,
+        f"differ: {_names([f'{p} ({etags[p].words})' for p in differ])}"
+        if differ
+        else f"{verified} of {len(etags)} verified"
+        + (f", {len(unverifiable)} unverifiable" if unverifiable else ""),
+    )
+    if unverifiable:
+        record.notes.append(
+            "objects whose ETag cannot be checked (their bytes rest on the size and the "
+            f"restore alone): {_names([f'{p} ({etags[p].words})' for p in unverifiable])}"
+        )
 
 
 def sample_file(
@@ -337,6 +369,12 @@ def _notes(
 ) -> None:
     want = restored.expected
     record.notes.append(f"{backup.key}: compared {', '.join(facts)} (from the {want.source})")
+    if backup.format == catalog.MIRROR:
+        record.notes.append(
+            f"{backup.key} is a flat mirror (aws s3 sync --delete of the uploads), restored "
+            f"whole as one backup; taken at {backup.taken_at.isoformat()} by its "
+            f"{backup.time_source}: at most that old, so the RPO verdict is conservative"
+        )
     if not listed:
         why = "it has no manifest" if backup.manifest is None else "its manifest lists no files"
         tree = (
@@ -517,6 +555,7 @@ class _SnapshotSender(threading.Thread):
         self.streamed: dict[str, FileState] = {}
         self.heads: dict[str, filetype.Head] = {}
         self.bytes_read = 0
+        self.etags: dict[str, Verdict] = {}
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -573,14 +612,18 @@ class _SnapshotSender(threading.Thread):
 
     def _add_file(self, tar: tarfile.TarFile, entry: Entry, item: Item) -> None:
         member = self._member(entry, tarfile.REGTYPE)
+        stored = self.stored.entries.get(entry.path)
+        etag = EtagCheck(stored.etag, stored.size) if stored and stored.etag else None
         if item.data is not None:
             member.size = len(item.data)
             tar.addfile(member, io.BytesIO(item.data))
             state, head = FileState(len(item.data), item.sha256), item.data[: filetype.SAMPLE]
+            if etag is not None:
+                etag.update(item.data)
         else:
             member.size = item.wanted.size
             reader = HashingReader(self._open(item.wanted))
-            tap = _HeadTap(reader)
+            tap = _HeadTap(reader, etag)
             with reader:
                 try:
                     tar.addfile(member, tap)
@@ -594,6 +637,8 @@ class _SnapshotSender(threading.Thread):
             state, head = FileState(reader.bytes_read, reader.sha256), tap.head
         self.streamed[entry.path] = state
         self.heads[entry.path] = filetype.sniff(head)
+        if etag is not None:
+            self.etags[entry.path] = etag.result()
         self.bytes_read += state.size
 
     def _member(self, entry: Entry, kind: bytes) -> tarfile.TarInfo:
@@ -617,12 +662,15 @@ class _HeadTap:
     """Passes reads through, keeping the first `filetype.SAMPLE` bytes for the plausibility
     checks: the head of every file is seen on the way to the volume, never read twice."""
 
-    def __init__(self, stream: HashingReader) -> None:
+    def __init__(self, stream: HashingReader, etag: EtagCheck | None = None) -> None:
         self.stream = stream
+        self.etag = etag
         self.head = b""
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
+        if self.etag is not None:
+            self.etag.update(data)
         if len(self.head) < filetype.SAMPLE:
             self.head += data[: filetype.SAMPLE - len(self.head)]
         return data

@@ -30,13 +30,13 @@ import os
 import posixpath
 import stat
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from drills.config.errors import IntegrityError, StorageError
-from drills.storage.base import Storage
+from drills.storage.base import ObjectInfo, Storage
 from drills.storage.local import LocalStorage
 from drills.storage.manifest import DirEntry, FileEntry, LinkEntry, Manifest
 
@@ -62,6 +62,8 @@ class Entry:
     """A file's first path of the same inode, when this is a second name of it."""
     inode: tuple[int, int] | None = field(default=None, compare=False, repr=False)
     """(device, inode) where the entry was read in place; never recorded."""
+    etag: str | None = field(default=None, compare=False, repr=False)
+    """An object store's ETag of the stored file, where listed; never recorded."""
 
     @property
     def shown(self) -> str:
@@ -257,11 +259,16 @@ def stored_snapshot(storage: Storage, key: str) -> Snapshot:
         if not os.path.lexists(root):
             return Snapshot(source="tree", tree=True)  # only its manifest is left
         return read_tree(root)
+    return listing_snapshot(storage.list(key), key)
+
+
+def listing_snapshot(infos: Iterable[ObjectInfo], key: str) -> Snapshot:
+    """The files an object listing shows under `key`: sizes, ETags and LastModified only."""
     snapshot = Snapshot(source="listing")
-    for info in storage.list(key):
+    for info in infos:
         rel = info.key[len(key) :]
         if rel and not rel.endswith("/"):
-            snapshot.entries[rel] = Entry(rel, FILE, size=info.size)
+            snapshot.entries[rel] = Entry(rel, FILE, size=info.size, etag=info.etag)
             snapshot.stamps[rel] = int(info.modified.timestamp() * 1_000_000_000)
     return snapshot
 

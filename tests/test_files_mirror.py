@@ -1,0 +1,160 @@
+"""The runbook's off-site uploads copy, `aws s3 sync <dir>/current/ s3://<bucket>/files/
+--delete` (the real AWS CLI against the embedded S3): one flat mirror, drilled as one backup,
+every object checked against its ETag (multipart ones part-wise, or named as unverifiable),
+its time the newest LastModified; the catalogue, `drill status` and `drill restore files` see
+it. An ETag against bytes that are not its object's is a mismatch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+from drills.storage import catalog
+from drills.storage.etag import MIB, EtagCheck
+from fixtures.estate_backups import (
+    drill_cli,
+    put_files_snapshot,
+    run_drill,
+    typed_uploads,
+    write_drill_toml,
+)
+
+FILES = "[files]\n"
+BIG = "videos/intro.mp4"
+
+
+def _uploads(root: Path) -> Path:
+    for path, data in typed_uploads().items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    (root / BIG).parent.mkdir(parents=True, exist_ok=True)
+    (root / BIG).write_bytes(random.Random(5).randbytes(9 * MIB + 4321))  # multipart: 2 parts
+    return root
+
+
+def _aws_env(embedded_s3, tmp_path: Path, chunk: str = "8MB") -> dict[str, str]:
+    config = tmp_path / "aws-config"
+    config.write_text(
+        f"[default]\nregion = us-east-1\ns3 =\n  multipart_threshold = 5MB\n"
+        f"  multipart_chunksize = {chunk}\n"
+    )
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def _sync(source: Path, bucket: str, embedded_s3, env: dict[str, str]) -> None:
+    """The runbook's own off-site command."""
+    done = subprocess.run(
+        [
+            "aws",
+            "s3",
+            "sync",
+            f"{source}/",
+            f"s3://{bucket}/files/",
+            "--delete",
+            "--quiet",
+            "--endpoint-url",
+            embedded_s3.endpoint_url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _checks(drill: dict) -> dict[str, dict]:
+    return {check["name"]: check for check in drill["checks"]}
+
+
+def test_a_synced_mirror_is_one_backup_drilled_green_and_restored_whole(
+    tmp_path, s3_bucket, embedded_s3
+):
+    source = _uploads(tmp_path / "current")
+    env = _aws_env(embedded_s3, tmp_path)
+    _sync(source, s3_bucket.bucket, embedded_s3, env)
+
+    backups = catalog.list_backups(s3_bucket, "files")
+    assert [(b.key, b.format, b.objects) for b in backups] == [("files/", "mirror", 31)]
+    assert backups[0].time_source == "newest LastModified"
+
+    config = write_drill_toml(tmp_path, s3_bucket.url, FILES, endpoint_url=embedded_s3.endpoint_url)
+    outcome = run_drill(config, "files", env=env)
+    drill = outcome.drill("files")
+    assert outcome.exit == 0, outcome.output
+    assert drill["backup"]["key"] == "files/"
+    etags = _checks(drill)["objects match their S3 ETag and size"]
+    assert etags["passed"], etags
+    assert etags["detail"] == "31 of 31 verified", etags
+    assert any("at most that old" in n for n in drill["notes"]), drill["notes"]
+
+    status = drill_cli("status", "--config", str(config), env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    (files,) = [line for line in status.stdout.splitlines() if line.startswith("files ")]
+    assert "(newest LastModified)" in files, status.stdout
+    assert " ok " in files, status.stdout
+
+    target = tmp_path / "restored"
+    restored = drill_cli("restore", "files", "--config", str(config), "--to", str(target), env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    diff = subprocess.run(["diff", "-r", str(source), str(target)], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout
+
+
+def test_dated_snapshots_beside_a_mirror_stay_apart(tmp_path, s3_bucket, embedded_s3):
+    """The producer's dated snapshots and a mirror under one prefix: each is its own backup,
+    and the mirror holds none of the snapshots' objects."""
+    key = put_files_snapshot(s3_bucket, {"a.png": b"\x89PNG a"}, age=timedelta(days=2))
+    s3_bucket.put_bytes("files/loose.txt", b"synced by hand")
+    backups = {b.key: b for b in catalog.list_backups(s3_bucket, "files")}
+    assert set(backups) == {key, "files/"}
+    assert backups["files/"].objects == 1
+    assert [o.key for o in catalog.mirror_objects(s3_bucket, "files/")] == ["files/loose.txt"]
+
+
+def test_a_part_size_that_cannot_be_inferred_is_named_unverifiable(
+    tmp_path, s3_bucket, embedded_s3
+):
+    """Uploaded with 5.5 MiB parts (not a whole MiB): the drill cannot check that ETag and
+    says so; it does not count it as verified."""
+    source = _uploads(tmp_path / "current")
+    env = _aws_env(embedded_s3, tmp_path, chunk=str(5 * MIB + MIB // 2))
+    _sync(source, s3_bucket.bucket, embedded_s3, env)
+    config = write_drill_toml(tmp_path, s3_bucket.url, FILES, endpoint_url=embedded_s3.endpoint_url)
+
+    outcome = run_drill(config, "files", env=env)
+
+    drill = outcome.drill("files")
+    assert outcome.exit == 0, outcome.output
+    etags = _checks(drill)["objects match their S3 ETag and size"]
+    assert etags["detail"] == "30 of 31 verified, 1 unverifiable", etags
+    assert any(BIG in n and "cannot be checked" in n for n in drill["notes"]), drill["notes"]
+
+
+def test_bytes_that_are_not_the_objects_are_a_mismatch():
+    data = random.Random(3).randbytes(2 * MIB)
+    single = EtagCheck(hashlib.md5(data).hexdigest(), len(data))
+    single.update(data[:-1] + b"\0")
+    assert single.result().ok is False
+    assert "differs from the ETag" in single.result().words
+
+    short = EtagCheck(hashlib.md5(data).hexdigest(), len(data) + 1)
+    short.update(data)
+    assert short.result().ok is False
+    assert "listing says" in short.result().words
+
+    parts = [hashlib.md5(data[i : i + 5 * MIB]).digest() for i in range(0, len(data), 5 * MIB)]
+    whole = EtagCheck(hashlib.md5(b"".join(parts)).hexdigest() + "-1", len(data))
+    whole.update(data)
+    assert whole.result().ok is True
