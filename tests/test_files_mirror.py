@@ -1,8 +1,9 @@
 """The runbook's off-site uploads copy, `aws s3 sync <dir>/current/ s3://<bucket>/files/
 --delete` (the real AWS CLI against the embedded S3): one flat mirror, drilled as one backup,
 every object checked against its ETag (multipart ones part-wise, or named as unverifiable),
-its time the newest LastModified; the catalogue, `drill status` and `drill restore files` see
-it. An ETag against bytes that are not its object's is a mismatch."""
+its time the newest LastModified unless `drill backup files --mirror` left a sync marker; the
+catalogue, `drill status` and `drill restore files` see it. An ETag against bytes that are not
+its object's is a mismatch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hashlib
 import os
 import random
 import subprocess
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from drills.storage import catalog
@@ -121,6 +122,38 @@ def test_dated_snapshots_beside_a_mirror_stay_apart(tmp_path, s3_bucket, embedde
     assert set(backups) == {key, "files/"}
     assert backups["files/"].objects == 1
     assert [o.key for o in catalog.mirror_objects(s3_bucket, "files/")] == ["files/loose.txt"]
+
+
+def test_the_sync_marker_makes_the_time_exact(tmp_path, s3_bucket, embedded_s3):
+    source = _uploads(tmp_path / "current")
+    env = _aws_env(embedded_s3, tmp_path)
+    _sync(source, s3_bucket.bucket, embedded_s3, env)
+    config = write_drill_toml(tmp_path, s3_bucket.url, FILES, endpoint_url=embedded_s3.endpoint_url)
+    before = datetime.now(UTC)
+
+    marked = drill_cli("backup", "files", "--mirror", "--config", str(config), env=env)
+
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    assert "31 objects" in marked.stdout
+    assert "files/.drill-mirror.json" in marked.stdout
+    (mirror,) = catalog.list_backups(s3_bucket, "files")
+    assert mirror.time_source == "sync marker"
+    assert mirror.taken_at >= before - timedelta(seconds=1)
+    assert mirror.objects == 31  # the marker is no part of the mirror
+
+    _sync(source, s3_bucket.bucket, embedded_s3, env)  # --delete removes the marker
+    (mirror,) = catalog.list_backups(s3_bucket, "files")
+    assert mirror.time_source == "newest LastModified"
+
+
+def test_mirror_needs_a_mirror(tmp_path, s3_bucket, embedded_s3):
+    config = write_drill_toml(tmp_path, s3_bucket.url, FILES, endpoint_url=embedded_s3.endpoint_url)
+    env = _aws_env(embedded_s3, tmp_path)
+    refused = drill_cli("backup", "files", "--mirror", "--config", str(config), env=env)
+    assert refused.returncode != 0
+    assert "no mirror under" in refused.stderr
+    assert "no marker written" in refused.stderr
+    assert not list(s3_bucket.list("files/"))
 
 
 def test_a_part_size_that_cannot_be_inferred_is_named_unverifiable(

@@ -55,6 +55,12 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     files = kinds.add_parser("files", parents=[common], help="snapshot the uploads directory")
     files.add_argument("--source", default=None, help="the uploads directory")
+    files.add_argument(
+        "--mirror",
+        action="store_true",
+        help="after `aws s3 sync <uploads>/ s3://<bucket>/files/ --delete`: write the mirror's "
+        "sync marker (its time, exact) instead of taking a snapshot",
+    )
 
     kinds.add_parser("config", parents=[common], help="archive the config files")
 
@@ -75,6 +81,12 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=_overrides(args))
     if args.kind == "wal":
         print(_ship(config).summary())
+        return 0
+    if getattr(args, "mirror", False):
+        from drills.backup.mirror import mark_mirror
+
+        storage = destination(config, "files").storage
+        print(mark_mirror(storage, config.storage.prefixes.files).summary())
         return 0
     try:
         result = _produce(
