@@ -9,7 +9,8 @@ is not fetched ahead: the consumer streams it when its turn comes.
 
 Example::
 
-    for item in Prefetch(storage, [Wanted("files/x/a.png", 2000, "a.png")], workers=16):
+    wanted = [Wanted("files/x/a.png", 2000, "a.png")]
+    for item in Prefetch(lambda w: storage.open(w.key), wanted, workers=16):
         item.data, item.sha256      # None for a large object: open and stream it
 """
 
