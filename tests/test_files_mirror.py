@@ -115,9 +115,12 @@ def test_a_synced_mirror_is_one_backup_drilled_green_and_restored_whole(
 
 def test_dated_snapshots_beside_a_mirror_stay_apart(tmp_path, s3_bucket, embedded_s3):
     """The producer's dated snapshots and a mirror under one prefix: each is its own backup,
-    and the mirror holds none of the snapshots' objects."""
+    and the mirror holds none of the snapshots' objects (one with a unique suffix still
+    uploading, no manifest yet), nor a producer's lock."""
     key = put_files_snapshot(s3_bucket, {"a.png": b"\x89PNG a"}, age=timedelta(days=2))
     s3_bucket.put_bytes("files/loose.txt", b"synced by hand")
+    s3_bucket.put_bytes("files/20250101_020000_3f9a/b.png", b"a snapshot still uploading")
+    s3_bucket.put_bytes("files/.drill-lock-files", b'{"host": "a producer running now"}')
     backups = {b.key: b for b in catalog.list_backups(s3_bucket, "files")}
     assert set(backups) == {key, "files/"}
     assert backups["files/"].objects == 1

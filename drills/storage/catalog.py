@@ -68,6 +68,9 @@ _CONFIG_TS = re.compile(rf"_{_TS}\.")
 MIRROR = "mirror"
 MIRROR_MARKER = ".drill-mirror.json"
 """The sync marker `drill backup files --mirror` writes under the files prefix."""
+HARNESS = ".drill-"
+"""How the harness' own objects beside backups are named (locks, the sync marker)."""
+_DATED = re.compile(r"^\d{8}_\d{6}(?:$|[._-])")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A name may be a little after the write time (a script stamping after the file is done);
@@ -292,13 +295,14 @@ def _empty_snapshots(
 
 def in_mirror(rel: str, prefix: str, manifests: set[str]) -> bool:
     """Whether the object `rel` (relative to the files prefix) belongs to the flat mirror
-    rather than to a dated snapshot, ``current``, a manifest or the sync marker."""
+    rather than to a dated snapshot (a unique suffix after its stamp too), ``current``, a
+    manifest, or the harness' own objects (a producer's lock, the sync marker)."""
     top, sep, _ = rel.partition("/")
-    if rel in (MIRROR_MARKER, "current") or rel.endswith(SUFFIX):
-        return False
+    if top.startswith(HARNESS) or rel == "current" or rel.endswith(SUFFIX):
+        return False  # the producers' lock, the sync marker, a manifest
     if not sep:
         return True
-    dated = _SNAPSHOT.match(top) is not None or manifest_key(f"{prefix}{top}/") in manifests
+    dated = _DATED.match(top) is not None or manifest_key(f"{prefix}{top}/") in manifests
     return not (dated or top == "current")
 
 
