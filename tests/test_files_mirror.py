@@ -99,6 +99,7 @@ def test_a_synced_mirror_is_one_backup_drilled_green_and_restored_whole(
     assert etags["passed"], etags
     assert etags["detail"] == "31 of 31 verified", etags
     assert any("at most that old" in n for n in drill["notes"]), drill["notes"]
+    assert any("integrity rests on each object's ETag" in n for n in drill["notes"])
 
     status = drill_cli("status", "--config", str(config), env=env)
     assert status.returncode == 0, status.stdout + status.stderr

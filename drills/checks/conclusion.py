@@ -51,7 +51,8 @@ def locate_with_previous(
     if backup.time_note:
         record.notes.append(f"{backup.key}: {backup.time_note}")
     if backup.manifest_key is None:
-        record.notes.append(f"{backup.key} has no manifest: {_WITHOUT_MANIFEST.get(kind, '')}")
+        cannot = _MIRROR if backup.format == catalog.MIRROR else _WITHOUT_MANIFEST.get(kind, "")
+        record.notes.append(f"{backup.key} has no manifest: {cannot}")
     return backup, previous
 
 
@@ -64,6 +65,11 @@ _WITHOUT_MANIFEST = {
     "member checksums cannot be compared with what was archived",
 }
 """What a drill without a manifest cannot prove, per kind."""
+_MIRROR = (
+    "integrity rests on each object's ETag (the MD5 the store took at upload; a multipart one "
+    "where its part size can be inferred) and size; a mirror keeps no modes, owners, times, "
+    "links or empty directories"
+)
 
 
 def describe(backup: Backup) -> dict:
