@@ -57,7 +57,7 @@ class EtagCheck:
         self.size = size
         self.seen = 0
         self._whole: hashlib._Hash | None = None
-        self._splits: list[_Split] = []
+        self._splits: list[PartDigests] = []
         self._why: str | None = None
         multi = _MULTI.match(self.etag)
         if _SINGLE.match(self.etag):
@@ -66,7 +66,7 @@ class EtagCheck:
             self._why = f"ETag {etag!r} is no MD5 (an encrypted object's?)"
         else:
             parts = int(multi["parts"])
-            self._splits = [_Split(p) for p in part_sizes(size, parts)]
+            self._splits = [PartDigests(p) for p in part_sizes(size, parts)]
             if not self._splits:
                 self._why = (
                     f"a multipart upload of {parts} parts whose part size cannot be inferred "
@@ -103,8 +103,8 @@ class EtagCheck:
         )
 
 
-class _Split:
-    """The multipart ETag of a stream cut into parts of `part` bytes."""
+class PartDigests:
+    """The MD5 of each `part` bytes of a stream, and the multipart ETag they make."""
 
     def __init__(self, part: int) -> None:
         self.part = part
@@ -114,9 +114,11 @@ class _Split:
 
     @property
     def count(self) -> int:
+        """Parts so far, the one being filled included."""
         return len(self.digests) + (1 if self.filled else 0)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
+        """The next bytes of the stream."""
         view = memoryview(data)
         while view:
             take = min(len(view), self.part - self.filled)
@@ -129,6 +131,7 @@ class _Split:
                 self.filled = 0
 
     def etag(self) -> str:
+        """The multipart ETag of the parts so far: MD5 of their MD5s, then -<parts>."""
         digests = self.digests + ([self.current.digest()] if self.filled else [])
         joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
         return f"{joined}-{len(digests)}"
