@@ -23,6 +23,7 @@ from fixtures.estate_backups import (
     typed_uploads,
     write_drill_toml,
 )
+from fixtures.upload_trees import runbook_mirror
 
 FILES = "[files]\n"
 BIG = "videos/intro.mp4"
@@ -49,30 +50,11 @@ def _aws_env(embedded_s3, tmp_path: Path, chunk: str = "8MB") -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_CONFIG_FILE": str(config),
-        "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 
 def _sync(source: Path, bucket: str, embedded_s3, env: dict[str, str]) -> None:
-    """The runbook's own off-site command."""
-    done = subprocess.run(
-        [
-            "aws",
-            "s3",
-            "sync",
-            f"{source}/",
-            f"s3://{bucket}/files/",
-            "--delete",
-            "--quiet",
-            "--endpoint-url",
-            embedded_s3.endpoint_url,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    runbook_mirror(source, bucket, embedded_s3.endpoint_url, env)
 
 
 def _checks(drill: dict) -> dict[str, dict]:
