@@ -31,7 +31,12 @@ from fixtures.estate_backups import (
     typed_uploads,
     write_drill_toml,
 )
-from fixtures.upload_trees import config_tree, runbook_config_archive, runbook_snapshot
+from fixtures.upload_trees import (
+    config_tree,
+    runbook_config_archive,
+    runbook_mirror,
+    runbook_snapshot,
+)
 
 ENV_FILE = b"DATABASE_URL=postgresql://app:pw@db/app\nSECRET_KEY=not-a-real-secret\n"
 COMPOSE = b"services:\n  api:\n    image: app\n"
@@ -615,6 +620,42 @@ def required_file_links_outside(ctx) -> Case:
     return _server_config(ctx, link_env=True)
 
 
+def _mirror_after_a_drill(ctx, keep: int) -> Case:
+    """The runbook's off-site copy (`aws s3 sync current/ s3://bucket/files/ --delete`) of 30
+    uploads, the first `keep` synced a while before the others, drilled green; then the uploads
+    mount lost all but those and the next sync's --delete removed the rest from the bucket. A
+    sync that only deletes leaves no newer object: the mirror's time goes back."""
+    source = ctx.tmp_path / "current"
+    env = {**os.environ, **ctx.s3_env()}
+    first = dict(list(GOOD_UPLOADS.items())[:keep])
+    if first:
+        _write_tree(source, first)
+        runbook_mirror(source, ctx.storage.bucket, ctx.s3.endpoint_url, env)
+        time.sleep(1.5)  # LastModified is kept to the second
+    _write_tree(source, {p: d for p, d in GOOD_UPLOADS.items() if p not in first})
+    runbook_mirror(source, ctx.storage.bucket, ctx.s3.endpoint_url, env)
+    drill_once(ctx, FILES, "files")
+    for path in list(GOOD_UPLOADS)[keep:]:
+        (source / path).unlink()
+    runbook_mirror(source, ctx.storage.bucket, ctx.s3.endpoint_url, env)
+    return Case(FILES)
+
+
+def mirror_shrunk(ctx) -> Case:
+    return _mirror_after_a_drill(ctx, keep=3)
+
+
+def mirror_emptied(ctx) -> Case:
+    return _mirror_after_a_drill(ctx, keep=0)
+
+
+S3_MIRROR_ROWS = {
+    "uploads mirror shrunk by sync --delete",
+    "uploads mirror emptied by sync --delete",
+}
+"""Rows drilled over the embedded S3 (the mirror is an object store's)."""
+
+
 FAULTS: list[Fault] = [
     # database dumps
     Fault(
@@ -1112,6 +1153,23 @@ FAULTS: list[Fault] = [
         "config",
         "which the archive does not hold",
         required_file_links_outside,
+    ),
+    # the runbook's off-site uploads mirror (aws s3 sync --delete)
+    Fault(
+        "uploads mirror shrunk by sync --delete",
+        "files",
+        "aws s3 sync of 30 uploads, a passing drill, then 27 gone and synced again",
+        "files",
+        "the file count dropped from 30 to 3",
+        mirror_shrunk,
+    ),
+    Fault(
+        "uploads mirror emptied by sync --delete",
+        "files",
+        "aws s3 sync of 30 uploads, a passing drill, then all gone and synced again",
+        "files",
+        "no files backups under",
+        mirror_emptied,
     ),
 ]
 
