@@ -6,4 +6,5 @@ pytest_plugins = [
     "fixtures.drills",
     "fixtures.estate_backups",
     "fixtures.shapes",
+    "fixtures.apps",
 ]

@@ -382,6 +382,12 @@ METHODS = {
         False,
         drill_restore("directory-gzip", s3=True),
     ),
+    "drill-restore-plain-s3": Method(
+        "drill-restore-plain-s3",
+        "drill restore phase (plain gzip, from S3)",
+        False,
+        drill_restore("plain-gzip", s3=True),
+    ),
     "drill-restore-custom-s3": Method(
         "drill-restore-custom-s3",
         "drill restore phase (custom gzip, from S3)",
@@ -407,5 +413,8 @@ DEFAULT_METHODS = (
     "pg_restore-tuned",
     "drill-restore",
     "drill-restore-plain",
+    "drill-restore-s3",
+    "drill-restore-plain-s3",
+    "drill-restore-gpg",
     "drill",
 )

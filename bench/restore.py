@@ -39,12 +39,16 @@ from drills.runtime.postgres import start_postgres
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {
-    "restore_vs_best_raw": 1.05,
-    "restore_vs_runbook": 0.8,
-    "drill_vs_best_raw": 1.3,
-    "rss_mb": 150.0,
-    "start_s": 3.0,
+    # name: (method, divided by, bound): the method's median over the other's
+    "directory_vs_best_raw": ("drill-restore", "best raw", 1.0),
+    "plain_vs_runbook": ("drill-restore-plain", "runbook", 0.7),
+    "plain_vs_directory": ("drill-restore-plain", "drill-restore", 1.1),
+    "drill_vs_its_restore": ("drill", "drill-restore", 1.15),
+    "s3_vs_file_directory": ("drill-restore-s3", "drill-restore", 1.1),
+    "s3_vs_file_plain": ("drill-restore-plain-s3", "drill-restore-plain", 1.1),
 }
+RSS_MB = 150.0
+START_S = 3.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,17 +179,16 @@ def _targets(summary: dict) -> dict:
         if value is not None:
             found[name] = {"value": value, "bound": bound, "met": value <= bound}
 
-    restore = methods.get("drill-restore", {})
-    judge("restore_vs_best_raw", restore.get("x_best_raw"), TARGETS["restore_vs_best_raw"])
-    judge("restore_vs_runbook", restore.get("x_runbook"), TARGETS["restore_vs_runbook"])
-    judge(
-        "drill_vs_best_raw",
-        methods.get("drill", {}).get("x_best_raw"),
-        TARGETS["drill_vs_best_raw"],
-    )
+    for name, (method, over, bound) in TARGETS.items():
+        value = methods.get(method, {}).get("median_s")
+        base = (
+            summary["best_raw_s"] if over == "best raw" else methods.get(over, {}).get("median_s")
+        )
+        if value is not None and base:
+            judge(name, round(value / base, 3), bound)
     rss = [e["peak_rss_mb_max"] for e in methods.values() if "peak_rss_mb_max" in e]
-    judge("rss_mb", max(rss) if rss else None, TARGETS["rss_mb"])
-    judge("start_s", summary["restore_target_start_median_s"], TARGETS["start_s"])
+    judge("rss_mb", max(rss) if rss else None, RSS_MB)
+    judge("start_s", summary["restore_target_start_median_s"], START_S)
     return found
 
 
@@ -197,17 +200,22 @@ def _table(scale: float, dumps: EstateDumps, summary: dict, targets: dict, reps:
         f"({dumps.rows.get('users', 0):,} users, {dumps.rows.get('transactions', 0):,} "
         f"transactions); dumps: {sizes}",
         f"{reps} repetitions, medians; pg_restore --jobs {jobs()}; cpu: CPU seconds of the "
-        "restore (its container and the harness); others: cores busy with other people's work",
+        "restore (its container and the harness), s/GB: per GB of database restored; others: "
+        "cores busy with other people's work",
         f"{'method':<52} {'median':>7} {'min':>7} {'max':>7} {'x best raw':>10} "
-        f"{'x runbook':>9} {'start':>6} {'cpu':>6} {'others':>6}",
+        f"{'x runbook':>9} {'start':>6} {'cpu':>6} {'s/GB':>6} {'others':>6}",
     ]
+
+    def per_gb(cpu: float | None) -> float | None:
+        return None if cpu is None else cpu / (dumps.database_bytes / 1e9)
+
     for entry in summary["methods"].values():
         start = entry["start_median_s"]
         lines.append(
             f"{entry['label']:<52} {entry['median_s']:>7.2f} {entry['min_s']:>7.2f} "
             f"{entry['max_s']:>7.2f} {_ratio(entry['x_best_raw']):>10} "
             f"{_ratio(entry['x_runbook']):>9} {_num(start):>6} {_num(entry['cpu_median_s']):>6} "
-            f"{_num(entry['others_cores_median']):>6}"
+            f"{_num(per_gb(entry['cpu_median_s'])):>6} {_num(entry['others_cores_median']):>6}"
         )
         if "stages_median_s" in entry:
             stages = ", ".join(f"{k} {v:.2f}" for k, v in entry["stages_median_s"].items() if v)

@@ -129,7 +129,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         if record.error is None:
             record.error = _cause(call)
             if call.excinfo is not None:
-                record.extra["error_type"] = type(call.excinfo.value).__name__
+                exc = call.excinfo.value
+                record.extra["error_type"] = type(exc).__name__
+                # The report's failure box: the first cause, and whose logs to show.
+                record.extra["first_cause"] = getattr(exc, "first_cause", "") or record.error
+                record.extra["culprit"] = getattr(exc, "container", None)
         if call.excinfo is not None and isinstance(call.excinfo.value, DrillError):
             # A named cause needs no traceback, and a traceback may print secrets.
             report.longrepr = f"{type(call.excinfo.value).__name__}: {record.error}"

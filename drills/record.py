@@ -14,15 +14,18 @@ from drills.config.clock import Stopwatch, Target
 
 @dataclass
 class Check:
-    """One verification: its name, whether it passed, and its evidence in words."""
+    """One verification: its name, whether it passed, its evidence in words and, when it is
+    about one container, that container's name by role ("api")."""
 
     name: str
     passed: bool
     detail: str = ""
+    container: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+        found = {"name": self.name, "passed": self.passed, "detail": self.detail}
+        return found | ({"container": self.container} if self.container else {})
 
 
 @dataclass
@@ -40,9 +43,11 @@ class DrillRecord:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, name: str, passed: bool, detail: str = "") -> Check:
+    def check(
+        self, name: str, passed: bool, detail: str = "", container: str | None = None
+    ) -> Check:
         """Record a check's result and return it."""
-        result = Check(name, bool(passed), detail)
+        result = Check(name, bool(passed), detail, container)
         self.checks.append(result)
         return result
 

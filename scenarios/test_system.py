@@ -1,12 +1,17 @@
 """Drill: the full system recovers, the original runbook's disaster-recovery drill.
 
-Runbook: locate the newest database dump and uploads snapshot -> a private Docker network ->
-a Postgres container of the dump's major, reachable as `db` -> restore the dump into it and
-the uploads into a fresh volume -> check the data and the files -> start the application on
-them (its database URL pointing at `db`, the uploads volume at its uploads directory) ->
-`GET /health` answers 200, the user count through the API equals the database's, a restored
-upload is served byte-identical to its recorded checksum -> compare the time taken with the
-full-system RTO (the application's start with its own RTO) and the dump's age with the RPO.
+Runbook: locate the newest database dump, uploads snapshot and config archive -> restore the
+config archive privately (its env file and compose file say how the app runs) -> provision:
+every image the recovery needs is on this machine (the database's, the app's, each compose
+service's), a private Docker network, a Postgres of the dump's major answering as `db` and
+as the compose file's database service -> restore the dump into it and the uploads into a
+fresh volume -> check the data, the files and the config -> start the application on them
+(one container with the restored env file, or the restored compose stack; its database URL
+pointing at the restored database) -> the health path answers 200 -> the app stays healthy
+for [app] soak -> the count through the API equals the database's, a restored upload is
+served byte-identical, every smoke request answers as it should -> it is still up ->
+compare the time taken with the full-system RTO (the application's start with its own) and
+the dump's age with the RPO.
 """
 
 from __future__ import annotations
@@ -17,17 +22,28 @@ from urllib.parse import quote
 import docker.errors
 import pytest
 
-from drills.checks import check_database, connect_restored, count_users
-from drills.checks.conclusion import conclude, describe, locate
-from drills.checks.service import UPLOADS_URL_PATH, check_count, check_health, check_upload
+from drills.checks import check_database, connect_restored, count_for_app
+from drills.checks.conclusion import conclude, locate, locate_optional
+from drills.checks.http import AppClient
+from drills.checks.service import (
+    check_count,
+    check_health,
+    check_holds,
+    check_smoke,
+    check_still_up,
+    check_upload,
+    is_running,
+)
 from drills.config.clock import human
-from drills.config.errors import DrillError, StorageError
+from drills.config.errors import ConfigError, DrillError
 from drills.restore import dumpinfo, restore_database
+from drills.restore.config import check_config, find_member, restore_config
+from drills.restore.envfile import parse_env
 from drills.restore.files import check_files, landed_files, restore_files, sample_file
 from drills.runtime import images
-from drills.runtime.api import start_api
+from drills.runtime.api import DatabaseAddress, unset_variables
+from drills.runtime.app import plan_app
 from drills.runtime.network import private_network
-from drills.storage import catalog
 from fixtures.drills import check_limits, configured, secrets
 
 
@@ -42,21 +58,23 @@ def test_full_system_recovers(
     cleanup = contextlib.ExitStack()  # last in, first out: app, volume, database, network
     request.addfinalizer(cleanup.close)
 
+    # What needs no backup is checked first: a missing credential fails in a second.
+    client = AppClient.from_settings(app.headers)
+    if unset_variables(app.env):
+        names = ", ".join("$" + n for n in unset_variables(app.env))
+        raise ConfigError(f"[app] env refers to {names}, not set in the drill's environment")
+
     zone = drill_config.storage.name_timezone
     backup = locate(drill_storage, "database", record, prefixes.database, zone=zone)
-    with record.watch.phase("locate"):
-        try:
-            uploads = catalog.latest(
-                catalog.list_backups(drill_storage, "files", prefixes.files, name_timezone=zone)
-            )
-        except StorageError:
-            if drill_config.files is not None:
-                raise
-            uploads = None
-    if uploads is None:
-        record.notes.append("no uploads snapshot: the application runs without restored uploads")
-    else:
-        record.extra["uploads_backup"] = describe(uploads)
+    uploads = locate_optional(
+        drill_storage, "files", record, prefixes.files,
+        required=drill_config.files is not None, key="uploads_backup", zone=zone,
+    )  # fmt: skip
+    needs_config = drill_config.config is not None or bool(app.env_file or app.compose_file)
+    archive = locate_optional(
+        drill_storage, "config", record, prefixes.config,
+        required=needs_config, key="config_backup", zone=zone,
+    )  # fmt: skip
 
     with record.watch.phase("verify"):
         major, source = dumpinfo.backup_major(drill_storage, backup, secrets(database))
@@ -64,14 +82,40 @@ def test_full_system_recovers(
         if major is None:
             raise DrillError(f"{backup.key}: cannot tell the Postgres major version ({source})")
 
+    # The config comes first: its env file and compose file say how the app runs.
+    env, compose_file = {}, None
+    if archive is not None:
+        settings = drill_config.config
+        with record.watch.phase("fetch"):
+            restored = cleanup.enter_context(
+                restore_config(
+                    drill_storage,
+                    archive,
+                    passphrase_env=settings.passphrase_env if settings else None,
+                    timeout=targets.rto.config,
+                )
+            )
+            check_config(record, archive, restored, settings.required if settings else ())
+            if app.env_file:
+                name = find_member(restored, app.env_file, "[app] env_file")
+                env = parse_env(restored.path(name).read_bytes(), name)
+            if app.compose_file:
+                name = find_member(restored, app.compose_file, "[app] compose_file")
+                compose_file = restored.path(name)
+    elif app.env_file or app.compose_file:
+        raise DrillError("no config archive: [app] env_file and compose_file need one")
+
     with record.watch.phase("provision"):
+        pull = images.pulls_allowed(drill_config.runtime.pull)
+        launch = plan_app(app, docker_client, run_session, compose_file=compose_file, pull=pull)
+        record.extra["app"] = launch.describe()
+        record.notes += launch.notes
         network = private_network(run_session)
         cleanup.callback(_remove_network, network)
-        db = restore_target(major, network=network, aliases=("db",))
+        db = restore_target(major, network=network, aliases=("db", *launch.database_names))
         cleanup.callback(db.stop)
         helper = images.ensure_postgres_image(docker_client, 15)  # tar, find, sha256sum
-        app_image = app.image or images.ensure_app_image(docker_client)
-    record.extra["app"] = {"image": app_image, "postgres_image": db.image}
+    record.extra["app"]["postgres_image"] = db.image
 
     with record.watch.phase("restore"):
         bound = database.restore_timeout or targets.rto.database
@@ -108,7 +152,7 @@ def test_full_system_recovers(
                 facts=result.facts,
                 limits=check_limits(database),
             )
-            users = count_users(conn, record)
+            count = count_for_app(conn, record, app.count_sql)
         landed = {}
         if files is not None:
             landed = landed_files(
@@ -116,33 +160,43 @@ def test_full_system_recovers(
             )
             check_files(record, uploads, files, landed)
 
+    up = False
     with record.watch.phase("app"):
-        api = start_api(
-            app_image,
+        address = DatabaseAddress("db", database.name, db.user, db.password)
+        running = launch.start(
             run_session,
-            network=network,
-            database_url=f"postgresql://{db.user}:{db.password}@db:5432/{database.name}",
-            port=app.port,
-            database_env=app.database_env,
-            uploads_dir=app.uploads_dir,
+            docker_client,
+            network,
+            address,
+            env,
             uploads_volume=files.volume if files else None,
-            timeout=app.start_timeout,
         )
-        cleanup.callback(api.stop)
-        check_health(record, api.url(app.health_path), within=app.start_timeout)
-        if users is not None:
-            check_count(record, api.url(app.count_path), users)
-        sample = sample_file(uploads, landed) if uploads is not None else None
-        if sample is not None:
-            path, expected = sample
-            url = api.url(UPLOADS_URL_PATH + quote(path))
-            check_upload(record, url, expected.sha256, expected.size)
+        cleanup.callback(running.stop)
+        if check_health(record, running, client, app.health_path, within=app.start_timeout):
+            up = check_holds(record, running, client, app.health_path, soak=app.soak)
+        if is_running(running):  # an app that answers 503 is still asked the rest
+            if count is not None and app.count_path:
+                check_count(record, running, client, app.count_path, *count)
+            sample = sample_file(uploads, landed) if uploads is not None else None
+            if sample is not None and app.uploads_url_path:
+                path, expected = sample
+                url_path = app.uploads_url_path + quote(path)
+                check_upload(record, running, client, url_path, expected.sha256, expected.size)
+            for smoke in app.smoke:
+                check_smoke(record, running, client, smoke.path, smoke.status, smoke.contains)
+            up = up and check_still_up(record, running).passed
+        else:
+            record.notes.append(
+                "the application is down: its count, upload and smoke checks were not made"
+            )
     app_s = record.watch.phases["app"]
+    target = f"target {human(targets.rto.application)} ([targets.rto] application)"
     record.check(
         "application up within its RTO",
-        app_s <= targets.rto.application,
-        f"{human(app_s)} from container start to the last app check, "
-        f"target {human(targets.rto.application)} ([targets.rto] application)",
+        up and app_s <= targets.rto.application,
+        f"{human(app_s)} from container start to the last app check, {target}"
+        if up
+        else f"the application did not come up and stay up ({human(app_s)} spent), {target}",
     )
 
     conclude(record, targets.rto.full_system, targets.rpo.database, backup.taken_at)

@@ -13,7 +13,8 @@ if [ "${1:-}" = "--shim" ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-DEBIAN_PACKAGES=(docker.io debootstrap rsync gnupg zstd postgresql-client chromium logrotate)
+DEBIAN_PACKAGES=(docker.io docker-compose debootstrap rsync gnupg zstd postgresql-client chromium
+                 logrotate)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -46,6 +47,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 if [ -n "$shim" ]; then
     scripts/install-shim.sh "$shim"
+fi
+
+# `docker compose`, which the system drill brings restored compose stacks up with: Debian's
+# docker-compose package (the plugin itself on newer Debian; bookworm's is v1, the
+# `docker-compose` command, which a small plugin of ours hands over to).
+if ! docker compose version >/dev/null 2>&1 && command -v docker-compose >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        plugins=/usr/local/lib/docker/cli-plugins
+    else
+        plugins="$HOME/.docker/cli-plugins"
+    fi
+    install -D -m 0755 scripts/docker-compose-plugin "$plugins/docker-compose"
 fi
 
 scripts/docker-engine.sh

@@ -186,7 +186,9 @@ def test_seed_runbook_dumps_are_listed_with_the_time_in_their_name(
     path = local_storage.root / "database" / name
     path.parent.mkdir()
     _gzip_of_seed_dump(pg, path)
-    os.utime(path, (1_700_000_000, 1_700_000_000))  # an mtime that is not the dump's time
+    # Copied days later (as a sync to another disk does): the name holds the dump's time.
+    copied = datetime(2025, 1, 20, 9, 30, tzinfo=UTC).timestamp()
+    os.utime(path, (copied, copied))
     s3_bucket.put_file(f"database/{name}", path)
 
     for storage in (local_storage, s3_bucket):

@@ -237,3 +237,30 @@ def test_a_script_that_connects_to_two_databases_is_refused():
 
     with pytest.raises(UnsupportedDump, match="more than one database"):
         _relay(script, 1 << 20)
+
+
+def test_post_data_runs_in_phases_that_keep_pg_dumps_order(shaped_dump):
+    from drills.restore.postdata import plan, split_entries
+
+    scan = DumpScan()
+    start = None
+    for at in range(0, len(shaped_dump), 4096):
+        ready = bytes(scan.feed(shaped_dump[at : at + 4096]))
+        if scan.post_data_split is not None and start is None:
+            start = scan.passed - len(ready) + scan.post_data_split
+    scan.end()
+    assert scan.preamble.startswith(b"--\n-- PostgreSQL database dump")
+    text = shaped_dump[start:].decode()
+
+    entries = split_entries(text)
+    phases = plan(entries)
+
+    assert "".join(e.text for e in entries).endswith(text.split("--\n", 1)[1])
+    kinds = [(parallel, [e.type for e in chosen]) for parallel, chosen in phases]
+    first, attach, keys, rest = kinds
+    assert first[0] is True
+    assert set(first[1]) <= {"INDEX", "CONSTRAINT", "CHECK CONSTRAINT", "STATISTICS"}
+    assert "INDEX ATTACH" in attach[1]  # before the foreign keys need the attached keys
+    assert keys == (True, ["FK CONSTRAINT"])
+    assert {"POLICY", "ACL", "DEFAULT ACL"} <= set(rest[1])
+    assert sum(len(chosen) for _, chosen in phases) == len(entries)

@@ -248,7 +248,7 @@ def test_failing_drill_shows_its_cause_and_the_containers_logs(estate):
     assert "FAIL: recovery drill of report-test estate" in markup
     failures = html.unescape(section(markup, "failures"))
     assert database["error"] in failures
-    assert "Last lines of the log of container" in failures
+    assert "Last lines of the log of the <strong>db</strong> container" in failures
     assert database["logs"], "the restore container's log tail is in drill.json"
     tail = next(iter(database["logs"].values())).splitlines()[-1]
     assert tail in failures

@@ -18,7 +18,7 @@ from drills.checks.database import (
     DatabaseProfile,
     check_database,
     connect_restored,
-    count_users,
+    count_for_app,
 )
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "DatabaseProfile",
     "check_database",
     "connect_restored",
-    "count_users",
+    "count_for_app",
 ]

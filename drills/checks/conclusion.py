@@ -9,14 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from drills.config.clock import Target, human
-from drills.config.errors import DrillError
+from drills.config.errors import DrillError, StorageError
 from drills.record import DrillRecord
 from drills.storage import Storage, catalog
 from drills.storage.catalog import Backup
 
 
 class DrillFailed(DrillError):
-    """The drill ran to its end and some check or target failed; the message lists why."""
+    """The drill ran to its end and some check or target failed; the message lists why.
+
+    `first_cause` is the first of them, and `container` the container it is about, if any.
+    """
+
+    first_cause: str = ""
 
 
 def locate(
@@ -72,6 +77,31 @@ _MIRROR = (
 )
 
 
+def locate_optional(
+    storage: Storage,
+    kind: str,
+    record: DrillRecord,
+    prefix: str,
+    *,
+    required: bool,
+    key: str,
+    zone: str | None = None,
+) -> Backup | None:
+    """The latest backup of a kind a drill uses beside its main one (described in the record
+    under `key`, e.g. "uploads_backup"); None, with a note, when there is none and it is not
+    `required`. `zone` as for `locate_with_previous`."""
+    with record.watch.phase("locate"):
+        try:
+            backup = catalog.latest(catalog.list_backups(storage, kind, prefix, name_timezone=zone))
+        except StorageError:
+            if required:
+                raise
+            record.notes.append(f"no {kind} backup under {prefix}: the drill goes on without one")
+            return None
+    record.extra[key] = describe(backup)
+    return backup
+
+
 def describe(backup: Backup) -> dict:
     """The backup as drill.json shows it."""
     manifest = backup.manifest
@@ -113,4 +143,7 @@ def conclude(
             f"target {human(rpo_target_s)} (stale backup)"
         )
     if causes:
-        raise DrillFailed("; ".join(causes))
+        first = record.failed_checks[0] if record.failed_checks else None
+        failed = DrillFailed("; ".join(causes), container=first.container if first else None)
+        failed.first_cause = causes[0]
+        raise failed

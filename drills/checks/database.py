@@ -112,15 +112,34 @@ def connect_restored(target, dbname: str) -> psycopg.Connection:
         raise DrillError(f"the restored database {dbname} refuses connections: {reason}") from None
 
 
-def count_users(conn: psycopg.Connection, record: DrillRecord) -> int | None:
-    """The restored `users` count for the app-level smoke check; None (and a failed check)
-    when the table cannot be counted."""
+def count_for_app(
+    conn: psycopg.Connection, record: DrillRecord, count_sql: str | None = None
+) -> tuple[int, str] | None:
+    """The count the app's API must report, and the query that gave it: `count_sql`
+    (`[app] count_sql`), else the `users` table's count when there is such a table.
+
+    None with a note when there is nothing to count; None and a failed check when the query
+    fails or gives no single integer.
+    """
+    if count_sql is None:
+        if conn.execute("SELECT to_regclass('users')").fetchone()[0] is None:
+            record.notes.append(
+                "no users table and no [app] count_sql: the count through the API is not compared"
+            )
+            return None
+        count_sql = "SELECT count(*) FROM users"
+    name = "the count for the API runs on the restored database"
     try:
-        return int(conn.execute("SELECT count(*) FROM users").fetchone()[0])
+        rows = conn.execute(count_sql).fetchall()
     except psycopg.Error as exc:
-        detail = str(exc).strip().splitlines()[0]
-        record.check("users countable in the restored database", False, detail)
+        conn.rollback()
+        record.check(name, False, f"{count_sql}: {str(exc).strip().splitlines()[0]}")
         return None
+    value = rows[0][0] if len(rows) == 1 and len(rows[0]) == 1 else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        record.check(name, False, f"{count_sql}: expected one integer, got {rows[:2]!r}")
+        return None
+    return value, count_sql
 
 
 def _split(name: str) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 
 1. Start a "production" in containers: the sample application's database filled with
    generated users, transactions and audit logs (size set by `--scale`), an uploads
-   directory of generated images and documents, config files holding fake secrets, the API.
+   directory of generated images and documents, config files holding fake secrets (with the
+   app's docker-compose.yml, which the system drill brings up on the restored data), the API.
 2. Start the embedded S3 (moto's server, its own process, on 127.0.0.1).
 3. Back the estate up with the producers (`drill backup database|files|config`).
 4. Run every drill against it (`drill run` with the generated drill.toml) and say where the
@@ -85,6 +86,9 @@ passphrase_env = "{PASSPHRASE_ENV}"
 required = [".env.production", "docker-compose.yml"]
 
 [app]
+# The restored compose file runs the app, as in production (its database service replaced by
+# the restored database, its uploads volume by the restored uploads).
+compose_file = "docker-compose.yml"
 port = 3001
 health_path = "/health"
 uploads_dir = "/app/uploads"
@@ -128,7 +132,7 @@ def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = N
         os.environ[PASSPHRASE_ENV] = secrets.token_urlsafe(24)
         uploads, archive = workdir / "uploads", workdir / "archive"
         estate = ProductionEstate.start(client, session, uploads, scale=scale, archive_dir=archive)
-        configs = write_config_files(workdir / "config", secrets.token_hex(12))
+        configs = write_config_files(workdir / "config", secrets.token_hex(12), estate.api.image)
         pg = estate.database
         dsn = f"postgresql://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/{DATABASE}"
         path = demo_config(workdir, s3, dsn, Path(report_dir).absolute(), uploads, configs)

@@ -1,7 +1,9 @@
 """`drill report`, `drill keygen` and `drill verify-report`: the auditor's side of a run.
 
 - `drill report RUN_DIR` renders drill-report.html again from the run's drill.json (after a
-  template change, or for a run made with `[report] html = false`).
+  template change, or for a run made with `[report] html = false`), with the history the
+  run carries, else its report directory's; a run directory copied without either renders
+  without the history, and says why.
 - `drill keygen PATH` makes an Ed25519 key pair: PATH (private, mode 0600) and PATH.pub.
 - `drill verify-report RUN_DIR [--public-key PATH]` checks drill.json's signature and the
   sha256 of every file of the run; exit 1 naming each mismatching file.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from drills.config.errors import ConfigError
 from drills.report import evidence
-from drills.report.html import REPORT, render_run
+from drills.report.html import REPORT, render, run_history
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -47,7 +49,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 def report_main(args: argparse.Namespace) -> int:
     """Render the report; never change a file the run's sealed evidence covers."""
     run_dir = _run_dir(args.run_dir)
-    html = render_run(run_dir).encode()
+    document = json.loads((run_dir / evidence.DOCUMENT).read_text())
+    history, missing = run_history(run_dir, document)
+    if missing:
+        print(f"drill: the report is rendered without the history: {missing}")
+    html = render(document, history, missing).encode()
     output = Path(args.output) if args.output else run_dir / REPORT
     sealed = _sealed(run_dir, output)
     if sealed is False:
@@ -57,7 +63,19 @@ def report_main(args: argparse.Namespace) -> int:
     if sealed == hashlib.sha256(html).hexdigest():
         print(f"drill: {output} is unchanged (it matches the hash drill.json records)")
         return 0
-    why = "differs from the sealed one (the template changed?)" if sealed else "is not listed"
+    if missing and sealed and evidence.sha256_file(output) == sealed:
+        # The sealed page was drawn with the history this copy lacks; it is intact.
+        print(
+            f"drill: {output} is the sealed report of this run, intact, with its history; a "
+            "rendering without the history is written only with --output"
+        )
+        return 0
+    if missing:
+        why = "lacks the history the sealed one was drawn with"
+    elif sealed:
+        why = "differs from the sealed one (the template changed?)"
+    else:
+        why = "is not listed"
     print(
         f"drill: {output} is in a sealed run directory and the new rendering {why}; writing it "
         "would make verify-report fail. Write it elsewhere with --output.",

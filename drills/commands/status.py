@@ -2,9 +2,11 @@
 
 Per kind: backups in the last 7 days, the newest backup's time, age and size, whether that
 age is within the kind's RPO, manifest coverage; and whether the storage answers. A newest
-backup whose manifest marks it suspect (see `drills.backup.marks`) is not "ok".
-Exit 0 when every kind is within its RPO and its newest backup is not suspect; 1 when any is
-overdue or suspect, or the storage is unreachable; 2 on a configuration error (no
+backup whose manifest marks it suspect (see `drills.backup.marks`) is not "ok". Then each
+configured drill's last verdict and cause, from the report directory.
+Exit 0 when every kind is within its RPO and its newest backup is not suspect, and no
+configured drill's last run failed; 1 when any is overdue or suspect, the storage is
+unreachable, or a configured drill last failed; 2 on a configuration error (no
 configuration at all included).
 """
 
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from drills.backup.common import human_size
 from drills.backup.marks import suspect_causes
 from drills.config import CONFIG_ENV, DEFAULT_FILE, Config, load_config
 from drills.config.clock import human
 from drills.config.errors import ConfigError, DrillError
+from drills.report.verdicts import last_drills
 from drills.storage import catalog, open_storage
 
 KINDS = ("database", "files", "config")
@@ -30,6 +34,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("status", help="backup freshness per kind, against the RPO")
     parser.add_argument("--config", default=None, help="drill.toml (default: ./drill.toml)")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    parser.add_argument(
+        "--report-dir", default=None, help="where the drill runs are (default: [report] dir)"
+    )
     parser.set_defaults(func=main)
 
 
@@ -145,7 +152,43 @@ def _state(row: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the status; exit 0 if every kind is within its RPO, else 1."""
-    status = collect(load_config(args.config))
-    print(json.dumps(status, indent=2) if args.json else render(status))
+    """Print the status; exit 0 if every kind is within its RPO and no configured drill last
+    failed, else 1."""
+    config = load_config(args.config)
+    status = collect(config)
+    status["drills"] = drill_status(config, Path(args.report_dir or config.report.dir))
+    status["ok"] = status["ok"] and all(d["verdict"] != "fail" for d in status["drills"].values())
+    print(json.dumps(status, indent=2) if args.json else render(status) + render_drills(status))
     return 0 if status["ok"] else 1
+
+
+# -- each configured drill's last verdict and cause, read from the report directory
+
+
+def drill_status(config: Config, report_dir: Path) -> dict[str, dict]:
+    """Each configured drill's last verdict and cause in the report directory."""
+    rows = {}
+    for kind, last in last_drills(report_dir, config.configured_drills()).items():
+        if last is None:
+            rows[kind] = {"verdict": None, "cause": None, "finished_at": None, "backup": None}
+        else:
+            rows[kind] = {
+                k: getattr(last, k) for k in ("verdict", "cause", "finished_at", "backup")
+            }
+    return rows
+
+
+def render_drills(status: dict) -> str:
+    """The last drills, for people."""
+    lines = ["", "last drills:"]
+    for kind, row in status["drills"].items():
+        if row["verdict"] is None:
+            lines.append(f"  {kind}: not drilled yet in this report directory")
+            continue
+        when = (row["finished_at"] or "?")[:19].replace("T", " ")
+        state = "FAILED" if row["verdict"] == "fail" else "passed"
+        on = f" on {row['backup']}" if row["backup"] else ""
+        lines.append(f"  {kind}: {state} {when}{on}")
+        if row["cause"]:
+            lines.append(f"    cause: {row['cause'].splitlines()[0]}")
+    return "\n".join(lines)

@@ -6,9 +6,19 @@ explains itself without a traceback.
 
 
 class DrillError(Exception):
-    """A named cause that fails a drill or a command (exit code 1)."""
+    """A named cause that fails a drill or a command (exit code 1).
+
+    `container`, when set, names the container (by its role: "db", "api", "compose service
+    worker") that caused it; the report shows that container's logs beside the cause.
+    """
 
     exit_code = 1
+    container: str | None = None
+
+    def __init__(self, *args: object, container: str | None = None) -> None:
+        super().__init__(*args)
+        if container is not None:
+            self.container = container
 
 
 class ConfigError(DrillError):

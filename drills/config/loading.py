@@ -132,7 +132,8 @@ class ConfigKey:
     path: tuple[str, ...]
     """Where it lives: ("targets", "rto", "database")."""
     kind: Any
-    """Its type without None: str, int, bool, float (a duration), tuple[str, ...], a Literal."""
+    """Its type without None: str, int, bool, float (a duration), tuple[str, ...], a Literal,
+    dict[str, str] (a table) or a tuple of a dataclass (an array of tables)."""
     optional: bool
     """Whether it may be unset (None)."""
     default: Any
@@ -235,7 +236,8 @@ def _schema() -> tuple[dict[tuple[str, ...], tuple[type, bool]], dict[tuple[str,
                 walk(kind, sub)
             elif path:  # Config.source is a fact of loading, not a setting
                 doc, check = f.metadata["doc"], f.metadata["check"]
-                keys[sub] = ConfigKey(sub, kind, optional, f.default, doc, check)
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                keys[sub] = ConfigKey(sub, kind, optional, default, doc, check)
 
     walk(Config, ())
     return tables, keys
@@ -364,12 +366,57 @@ def _convert(kind: Any, raw: Any, text: bool) -> tuple[Any, str | None]:
         if raw in choices:
             return raw, None
         return None, f"must be one of {', '.join(map(show, choices))}, got {show(raw)}"
+    if typing.get_origin(kind) is dict:
+        table = _toml_value(raw) if text else raw
+        if isinstance(table, dict) and all(isinstance(v, str) for v in table.values()):
+            return dict(table), None
+        return None, f'must be a table of strings like {{ NAME = "value" }}, got {show(raw)}'
     if typing.get_origin(kind) is tuple:
+        (item,) = typing.get_args(kind)[:1]
         items = _list_from_text(raw) if text else raw
+        if is_dataclass(item):
+            return _tables(item, items, raw)
         if isinstance(items, list) and all(isinstance(i, str) and i.strip() for i in items):
             return tuple(items), None
         return None, f'must be a list of non-empty strings like ["a", "b"], got {show(raw)}'
     raise TypeError(f"drills.config.schema: unsupported setting type {kind!r}")
+
+
+def _tables(cls: Any, items: Any, raw: Any) -> tuple[Any, str | None]:
+    """An array of tables, each one `cls` (typed fields, defaults, the schema's checks)."""
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return None, f"must be a list of tables like [{{ ... }}, {{ ... }}], got {show(raw)}"
+    hints = typing.get_type_hints(cls)
+    built = []
+    for number, table in enumerate(items, start=1):
+        names = {f.name: f for f in fields(cls)}
+        unknown = [name for name in table if name not in names]
+        if unknown:
+            known = ", ".join(names)
+            return None, f"item {number}: unknown key {unknown[0]} (known: {known})"
+        values = {}
+        for name, f in names.items():
+            if name not in table:
+                if f.default is MISSING:
+                    return None, f"item {number}: {name} is required"
+                continue
+            kind, _ = _without_none(hints[name])
+            value, problem = _convert(kind, table[name], False)
+            check = f.metadata.get("check")
+            if problem is None and check is not None:
+                problem = check(value)
+            if problem:
+                return None, f"item {number}: {name} {problem}"
+            values[name] = value
+        built.append(cls(**values))
+    return tuple(built), None
+
+
+def _toml_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return None
 
 
 def _list_from_text(raw: str) -> list[Any] | None:
@@ -378,10 +425,7 @@ def _list_from_text(raw: str) -> list[Any] | None:
         return []
     if not text.startswith("["):
         return [raw]
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return None
+    return _toml_value(text)
 
 
 def _build(cls: type, path: tuple[str, ...], values: dict[tuple[str, ...], Any], sources: _Sources):

@@ -167,6 +167,37 @@ def _mode(mode: str) -> str | None:
     return f'must be an octal file mode such as "640", got {show(mode)}'
 
 
+def _relative(path: str) -> str | None:
+    if path.startswith("/") or ".." in path.split("/"):
+        return f"must be a path inside the config archive (relative, no ..), got {show(path)}"
+    return None
+
+
+def _status(status: int) -> str | None:
+    return None if 100 <= status <= 599 else f"must be an HTTP status, got {status}"
+
+
+def _url_prefix(prefix: str) -> str | None:
+    if prefix.startswith("/") and prefix.endswith("/"):
+        return None
+    return f'must start and end with "/" (e.g. "/media/"), got {show(prefix)}'
+
+
+def _env_table(table: dict[str, str]) -> str | None:
+    bad = [name for name in table if _env_name(name)]
+    return f"holds names that are not variable names: {', '.join(map(show, bad))}" if bad else None
+
+
+def _header_table(table: dict[str, str]) -> str | None:
+    for header, variable in table.items():
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
+            return f"holds {show(header)}, which is not a header name"
+        if _env_name(variable):
+            # Never echoed: a value that is not a variable name may be the secret itself.
+            return f"[{header}] {_env_name(variable)}"
+    return None
+
+
 def _iso_time(text: str) -> str | None:
     try:
         when = datetime.fromisoformat(text)
@@ -407,20 +438,87 @@ class ConfigFilesSettings:
 
 
 @dataclass(frozen=True)
+class SmokeRequest:
+    """One request of `[app] smoke`: a GET that must answer `status` (and hold `contains`)."""
+
+    path: str = knob(doc="GET path of the request.", check=_absolute)
+    status: int = knob(200, "Status it must answer.", check=_status)
+    contains: str | None = knob(None, "Text its body must contain; unset: any body.")
+
+
+@dataclass(frozen=True)
 class AppSettings:
     """[app]: the application, started on restored data by the full-system drill."""
 
-    image: str | None = knob(None, "The app's image; unset means the sample app built locally.")
+    image: str | None = knob(
+        None,
+        "The app's image (with compose_file: the image of its `service`); unset means the "
+        "sample app built locally, or the compose file's own image.",
+    )
+    compose_file: str | None = knob(
+        None,
+        "The compose file inside the config archive (docker-compose.yml); set, the drill "
+        "brings the restored stack up instead of one container.",
+        check=_relative,
+    )
+    service: str | None = knob(
+        None,
+        "The compose service that serves the app's HTTP; unset: the one publishing `port`, "
+        "else the only one left.",
+    )
+    database_service: str | None = knob(
+        None,
+        "The compose service the restored database stands in for; unset: every service "
+        "running a Postgres image.",
+    )
+    env_file: str | None = knob(
+        None,
+        "An env file inside the config archive (.env.production) the app gets its "
+        "environment from (without compose_file).",
+        check=_relative,
+    )
+    env: dict[str, str] = knob(
+        factory=dict,
+        doc="Environment overrides for the app: {database_url}, {db_host}, {db_port}, "
+        "{db_name}, {db_user}, {db_password}, {uploads_dir} and ${NAME} are filled in.",
+        check=_env_table,
+    )
     port: int = knob(3001, "Port the API listens on inside its container.", check=_port)
     health_path: str = knob("/health", "GET path that must answer 200.", check=_absolute)
+    headers: dict[str, str] = knob(
+        factory=dict,
+        doc="Headers of every request to the app: header name -> NAME of the environment "
+        "variable holding its value (never the value).",
+        check=_header_table,
+    )
     uploads_dir: str = knob("/app/uploads", "Where restored uploads are mounted.", check=_absolute)
+    uploads_url_path: str | None = knob(
+        "/uploads/",
+        'URL prefix under which the app serves an upload by its relative path; "": not checked.',
+        check=_url_prefix,
+    )
     database_env: str = knob(
         "DATABASE_URL", "Environment variable the app reads its database URL from.", check=_env_name
     )
-    count_path: str = knob(
-        "/users/count", 'GET path answering {"count": N}, the users row count.', check=_absolute
+    count_sql: str | None = knob(
+        None,
+        "SQL giving the row count the app reports at count_path; unset: the users table's, "
+        "when there is one.",
+    )
+    count_path: str | None = knob(
+        "/users/count",
+        'GET path answering {"count": N} (or N), compared with count_sql; "": not checked.',
+        check=_absolute,
+    )
+    smoke: tuple[SmokeRequest, ...] = knob(
+        (), "More requests, each a named check: [{path, status, contains}]."
     )
     start_timeout: float = knob(MINUTE, "How long the app may take to answer its health path.")
+    soak: float = knob(
+        10.0,
+        "How long the app must stay healthy after its first healthy answer (polled; an exit, "
+        "a restart or a bad answer fails).",
+    )
 
 
 @dataclass(frozen=True)

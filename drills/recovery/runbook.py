@@ -24,9 +24,16 @@ from drills.config import Config
 from drills.config.clock import human
 from drills.config.errors import DrillError
 from drills.recovery.common import iso
+from drills.report import verdicts
 from drills.storage import catalog, open_storage
 
 KINDS = ("database", "files", "config")
+# How `drill restore <kind>` is told where to and which backup.
+RESTORE_TO = {
+    "database": "--to <DSN> --backup",
+    "files": "--to <DIR> --snapshot",
+    "config": "--to restored-config --archive",
+}
 # The recovery drill's phase for each command, and the drill whose phases stand in otherwise.
 STEPS = {
     "database": ("restore_database", "database"),
@@ -46,10 +53,66 @@ def render(config: Config, *, report_dir: Path, now: datetime | None = None) -> 
         "drill and keep a copy where you will find it when the server is gone.",
         "",
     ]
-    out += _backups(config, now)
+    newest = _newest(config)
+    out += _backups(config, now, newest)
     out += _last_drill(last, report_dir)
-    out += _steps(config, last)
+    out += _steps(config, last, _warnings(config, newest, report_dir))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _newest(config: Config) -> dict[str, tuple[int, catalog.Backup] | str]:
+    """Each kind's (number of backups, newest backup), or why it could not be listed."""
+    storage = config.storage
+    if storage.url is None:
+        return {}
+    opened = open_storage(storage.url, endpoint_url=storage.endpoint_url, region=storage.region)
+    found: dict[str, tuple[int, catalog.Backup] | str] = {}
+    for kind in [k for k in KINDS if getattr(config, k) is not None] or list(KINDS):
+        try:
+            backups = catalog.list_backups(
+                opened, kind, getattr(storage.prefixes, kind), name_timezone=storage.name_timezone
+            )
+        except DrillError as exc:
+            found[kind] = str(exc)
+            continue
+        found[kind] = (len(backups), catalog.latest(backups))
+    return found
+
+
+def _warnings(config: Config, newest: dict, report_dir: Path) -> list[str]:
+    """A warning for each kind whose newest backup failed its last drill: the cause, and the
+    newest other backup whose drills passed, with the command that restores it."""
+    cfg = f" --config {shlex.quote(str(config.source))}" if config.source else ""
+    out = []
+    for kind, listed in newest.items():
+        if isinstance(listed, str) or not verdicts.failed_on(report_dir, listed[1].key):
+            continue
+        key = listed[1].key
+        for failed in verdicts.failed_on(report_dir, key):
+            cause = (failed.cause or "no cause recorded").splitlines()[0]
+            out += [
+                f"> **WARNING: the newest {kind} backup, `{key}`, FAILED its last {failed.kind} "
+                f"drill** ({_when(failed.finished_at)}, run `{failed.run}`): {_cell(cause)}",
+                ">",
+            ]
+        passed = ", ".join(d.kind for d in verdicts.passed_on(report_dir, key))
+        if passed:
+            out += [f"> It passed its last {passed} drill.", ">"]
+        good = verdicts.last_good(report_dir, kind, other_than=key)
+        if good is None:
+            out += [f"> No other {kind} backup has passed a drill in `{report_dir}`.", ""]
+            continue
+        out += [
+            f"> The last {kind} backup that passed its drills: `{good.backup}` ({good.kind} drill, "
+            f"{_when(good.finished_at)}). To restore it instead: "
+            f"`drill restore {kind}{cfg} {RESTORE_TO[kind]} {good.backup}`.",
+            "",
+        ]
+    return out
+
+
+def _when(iso_time: str | None) -> str:
+    return (iso_time or "?")[:19].replace("T", " ") + " UTC"
 
 
 def last_drill(report_dir: Path) -> dict[str, Any] | None:
@@ -63,7 +126,7 @@ def last_drill(report_dir: Path) -> dict[str, Any] | None:
     return document
 
 
-def _backups(config: Config, now: datetime) -> list[str]:
+def _backups(config: Config, now: datetime, newest: dict) -> list[str]:
     storage = config.storage
     out = ["## Where the backups are", ""]
     if storage.url is None:
@@ -84,23 +147,17 @@ def _backups(config: Config, now: datetime) -> list[str]:
             "manager, not on the server)."
         )
     out += ["", "| Kind | Prefix | Backups | Newest | Taken | Age | RPO target |", "|" + "---|" * 7]
-    opened = open_storage(storage.url, endpoint_url=storage.endpoint_url, region=storage.region)
-    kinds = [k for k in KINDS if getattr(config, k) is not None] or list(KINDS)
-    for kind in kinds:
+    for kind, listed in newest.items():
         prefix = getattr(storage.prefixes, kind)
         rpo = human(getattr(config.targets.rpo, kind))
-        try:
-            backups = catalog.list_backups(
-                opened, kind, prefix, name_timezone=storage.name_timezone
-            )
-        except DrillError as exc:
-            out.append(f"| {kind} | `{prefix}` | - | {_cell(str(exc))} | - | - | {rpo} |")
+        if isinstance(listed, str):
+            out.append(f"| {kind} | `{prefix}` | - | {_cell(listed)} | - | - | {rpo} |")
             continue
-        newest = catalog.latest(backups)
-        age = human(max(0.0, (now - newest.taken_at).total_seconds()))
+        count, backup = listed
+        age = human(max(0.0, (now - backup.taken_at).total_seconds()))
         out.append(
-            f"| {kind} | `{prefix}` | {len(backups)} | `{newest.key}` | "
-            f"{iso(newest.taken_at)} | {age} | {rpo} |"
+            f"| {kind} | `{prefix}` | {count} | `{backup.key}` | "
+            f"{iso(backup.taken_at)} | {age} | {rpo} |"
         )
     if config.pitr is not None:
         out.append(
@@ -130,15 +187,19 @@ def _last_drill(last: dict[str, Any] | None, report_dir: Path) -> list[str]:
     for drill in last.get("drills", []):
         phases = ", ".join(f"{n} {human(s)}" for n, s in (drill.get("phases") or {}).items())
         rto = drill.get("rto") or {}
+        total = human(rto.get("measured_s"))
+        if drill.get("verdict") == "fail":
+            total = f"not recovered ({total} spent)"
         out.append(
             f"| {drill.get('kind')} | {drill.get('verdict')} | {phases or '-'} | "
-            f"{human(rto.get('measured_s'))} | {human(rto.get('target_s'))} |"
+            f"{total} | {human(rto.get('target_s'))} |"
         )
     return [*out, ""]
 
 
-def _steps(config: Config, last: dict[str, Any] | None) -> list[str]:
-    """The steps in order; only those of the configured kinds (all of them when none is)."""
+def _steps(config: Config, last: dict[str, Any] | None, warnings: list[str]) -> list[str]:
+    """The steps in order; only those of the configured kinds (all of them when none is),
+    after the warnings about backups that failed their last drill."""
     cfg = f" --config {shlex.quote(str(config.source))}" if config.source else ""
     name = config.database.name if config.database else "DBNAME"
     kinds = [k for k in KINDS if getattr(config, k) is not None] or list(KINDS)
@@ -158,6 +219,7 @@ def _steps(config: Config, last: dict[str, Any] | None) -> list[str]:
         "verifies with the drills' checks and only then swaps; a failure leaves the original",
         "as it was. Exit codes: 0 done, 1 failed (nothing replaced), 2 usage, 3 environment.",
         "",
+        *warnings,
     ]
     for number, (title, body) in enumerate(steps, start=1):
         out += [f"### {number}. {title}", "", *body, ""]
@@ -231,15 +293,28 @@ def _app_step(config: Config, last: dict[str, Any] | None) -> list[str]:
     app = config.app
     if app is None:
         return ["Start the application; no `[app]` is configured to say how to check it."]
-    out = [
-        f"`GET {app.health_path}` on port {app.port} must answer 200, and `GET {app.count_path}`"
-        " the restored users count.",
+    how = (
+        f"Bring it up with the restored `{app.compose_file}` (`docker compose up -d`)."
+        if app.compose_file
+        else "Start it with the restored config."
+    )
+    out = [how, ""]
+    count = f", and `GET {app.count_path}` the restored count" if app.count_path else ""
+    out += [
+        f"`GET {app.health_path}` on port {app.port} must answer 200 and keep answering 200 "
+        f"(the drill watches it for {human(app.soak)}){count}.",
         "",
     ]
     system = _drill(last, "system")
     app_s = (system.get("phases") or {}).get("app") if system else None
-    if app_s is not None:
-        out.append(f"- Last drill: the application answered after {human(app_s)} (system drill).")
+    if system is not None and system.get("verdict") == "fail":
+        cause = system.get("first_cause") or system.get("error") or "no cause recorded"
+        out.append(f"- Last drill: the system drill FAILED: {cause.splitlines()[0]}")
+    elif system is not None and system.get("verdict") == "pass" and app_s is not None:
+        out.append(
+            f"- Last drill: the application came up and held after {human(app_s)} "
+            "(system drill, passed)."
+        )
     out.append(f"- RTO target: {human(config.targets.rto.application)}.")
     return out
 

@@ -25,7 +25,7 @@ from typing import Any
 from drills.config.errors import ConfigError, DrillError
 from drills.config.schema import Config, redact_text
 from drills.report import evidence
-from drills.report.html import REPORT, write_report
+from drills.report.html import REPORT, history_points, write_report
 
 __all__ = ["REPORT", "finalize_run", "write_report"]
 
@@ -43,7 +43,8 @@ def finalize_run(run_dir: Path, config: Config) -> None:
     """Complete a run's reports: drill.json facts, drill-report.html, history, hashes, signature.
 
     In order: add the estate, the run's start, the environment and the signing state to
-    drill.json (every string redacted); append the run to `<report-dir>/history.jsonl`;
+    drill.json (every string redacted); append the run to `<report-dir>/history.jsonl`, and
+    what the report draws of it (verdicts and RTOs of the last runs) to drill.json;
     write drill-report.html (unless `[report] html = false`); scrub the configuration's
     secret values from every file of the run; record every file's sha256 in drill.json and
     sign it. A configured signing key that cannot be used leaves the run unsigned, says why
@@ -66,8 +67,12 @@ def finalize_run(run_dir: Path, config: Config) -> None:
         evidence=evidence.signing_state(key, problem),
     )
     document = _redacted(document)
-    document_path.write_text(json.dumps(document, indent=2) + "\n")
     evidence.append_history(report_dir, document, run_dir.name)
+    # What the report draws of the history goes into drill.json too: the run directory then
+    # renders the same page wherever it is copied, with or without its report directory.
+    finished = document.get("finished_at") or ""
+    document["history"] = history_points(evidence.read_history(report_dir), finished)
+    document_path.write_text(json.dumps(document, indent=2) + "\n")
     if config.report.html:
         write_report(run_dir)
     evidence.scrub(run_dir, evidence.known_secrets(config))

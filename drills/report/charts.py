@@ -127,7 +127,9 @@ def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> M
     """The measured RTO of one drill kind over the runs, on a log scale, with its target.
 
     A log scale keeps a 5-second restore and a 2-hour target on one chart, and shows a
-    restore that doubles as clearly at 5 s as at 50 min.
+    restore that doubles as clearly at 5 s as at 50 min. Only recoveries are points of the
+    trend line: a run that failed did not recover, and is a red cross at the time it spent,
+    titled "not recovered".
     """
     values = [p.measured_s for p in points if p.measured_s]
     if not values:
@@ -164,7 +166,11 @@ def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> M
             f'<text x="{left + area}" y="{y - 4:.1f}" text-anchor="end" class="tgt">'
             f"target {duration(target_s)}</text>"
         )
-    line = [f"{x_of(i):.1f},{y_of(p.measured_s):.1f}" for i, p in enumerate(points) if p.measured_s]
+    line = [
+        f"{x_of(i):.1f},{y_of(p.measured_s):.1f}"
+        for i, p in enumerate(points)
+        if p.measured_s and p.verdict == "pass"
+    ]
     if len(line) > 1:
         parts.append(f'<polyline points="{" ".join(line)}" class="trend"/>')
     for index, point in enumerate(points):
@@ -179,18 +185,18 @@ def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> M
 
 
 def _history_dot(x: float, point: Point, y_of, bottom: float) -> str:
-    css = "dot-fail" if point.verdict == "fail" else "dot"
-    if not point.measured_s:
-        # A run that failed before measuring anything still shows, as a cross on the axis.
+    if point.verdict != "pass":
+        # Not a recovery time: a cross where the time spent was, or on the axis.
+        y = y_of(point.measured_s) + 5 if point.measured_s else bottom - 2
+        spent = f" after {duration(point.measured_s)}" if point.measured_s else ""
         return (
-            f'<text x="{x:.1f}" y="{bottom - 2:.1f}" text-anchor="middle" class="{css}">×'
-            f"<title>{escape(point.label)}: not measured ({escape(point.verdict or '?')})"
-            "</title></text>"
+            f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="middle" class="dot-fail">×'
+            f"<title>{escape(point.label)}: not recovered{spent} "
+            f"({escape(point.verdict or '?')})</title></text>"
         )
     return (
-        f'<circle cx="{x:.1f}" cy="{y_of(point.measured_s):.1f}" r="3.5" class="{css}">'
-        f"<title>{escape(point.label)}: {duration(point.measured_s)} "
-        f"({escape(point.verdict or '?')})</title></circle>"
+        f'<circle cx="{x:.1f}" cy="{y_of(point.measured_s):.1f}" r="3.5" class="dot">'
+        f"<title>{escape(point.label)}: recovered in {duration(point.measured_s)}</title></circle>"
     )
 
 

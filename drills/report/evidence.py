@@ -294,6 +294,10 @@ def history_entry(document: dict, run: str) -> dict[str, Any]:
         backup = drill.get("backup") or {}
         drills[drill["kind"]] = {
             "verdict": drill.get("verdict"),
+            # What `drill status` and `drill runbook` say of a failed drill.
+            "cause": (drill.get("first_cause") or drill.get("error"))
+            if drill.get("verdict") == "fail"
+            else None,
             "rto_target_s": rto.get("target_s"),
             "rto_measured_s": rto.get("measured_s"),
             "rpo_target_s": rpo.get("target_s"),
@@ -347,17 +351,26 @@ def read_history(report_dir: Path) -> list[dict[str, Any]]:
 # --- secrets ------------------------------------------------------------------------------
 
 _SECRET_NAME = re.compile(r"password|secret|token|passphrase|key", re.IGNORECASE)
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DSN_PASSWORD = re.compile(r"\bpassword\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^\s&']+))", re.I)
 
 
 def known_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Secret values the configuration leads to: DSN passwords, values of `*_env` secrets.
+    """Secret values the configuration leads to: DSN passwords, values of `*_env` secrets,
+    the values of `[app] headers` and of secret-looking `[app] env` entries.
 
     These are scrubbed from every file of a run as a last line of defence behind redaction.
     """
     environ = os.environ if environ is None else environ
     found: set[str] = set()
     for name, value in _settings(config):
+        if name == "headers" and isinstance(value, Mapping):  # header -> variable NAME
+            found.update(environ.get(variable, "").strip() for variable in value.values())
+            continue
+        if name == "env" and isinstance(value, Mapping):  # the app's variables
+            found.update(v for k, v in value.items() if _SECRET_NAME.search(k))
+            found.update(environ.get(n, "") for v in value.values() for n in _VARIABLE.findall(v))
+            continue
         if not isinstance(value, str) or not value:
             continue
         if name == "dsn":

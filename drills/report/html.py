@@ -22,6 +22,7 @@ from markupsafe import Markup
 from drills.config.schema import redact_text
 from drills.report import charts, evidence
 from drills.report.charts import duration
+from drills.report.targets import recovered, share_text, target_row
 
 REPORT = "drill-report.html"
 HISTORY_RUNS = 30
@@ -30,7 +31,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 SHOWN = {
     "kind", "verdict", "started_at", "phases", "rto", "rpo", "checks", "error", "notes",
     "restore", "restore_target", "postgres_major", "containers", "logs", "failed_command",
-    "profile", "plausibility",
+    "profile", "plausibility", "first_cause", "culprit",
 }  # fmt: skip
 # Profile fields too large or too detailed for the comparison table (they stay in drill.json).
 PROFILE_DETAIL = {"rows", "inventory", "estimated", "files"}
@@ -49,13 +50,29 @@ def write_report(run_dir: Path) -> Path:
 
 
 def render_run(run_dir: Path) -> str:
-    """The report of a run directory, with the history of its report directory."""
+    """The report of a run directory: with the history its drill.json carries (runs since
+    the history was embedded), else the history of its report directory."""
     document = json.loads((run_dir / evidence.DOCUMENT).read_text())
-    return render(document, evidence.read_history(run_dir.parent))
+    return render(document, *run_history(run_dir, document))
 
 
-def render(document: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
-    """The HTML report of one drill.json document.
+def run_history(run_dir: Path, document: dict[str, Any]) -> tuple[list[dict] | None, str]:
+    """The history a run's report draws, and why there is none when there is none."""
+    if isinstance(document.get("history"), list):
+        return document["history"], ""
+    entries = evidence.read_history(run_dir.parent)
+    if any(entry.get("run") == run_dir.name for entry in entries):
+        return entries, ""
+    path = run_dir.parent / evidence.HISTORY
+    if not path.exists():
+        return None, f"{path} is missing (a run directory copied without its report directory?)"
+    return None, f"{path} does not list this run (a run directory copied from elsewhere?)"
+
+
+def render(
+    document: dict[str, Any], history: list[dict[str, Any]] | None = None, missing: str = ""
+) -> str:
+    """The HTML report of one drill.json document; `missing` says why there is no history.
 
     Only history entries that finished no later than this run are drawn, so that a report
     regenerated later is the same page as the one first written.
@@ -68,9 +85,26 @@ def render(document: dict[str, Any], history: list[dict[str, Any]] | None = None
         run=_run_view(document),
         drills=[_drill_view(d) for d in document.get("drills", [])],
         history=_history_view(past[-HISTORY_RUNS:]),
+        history_missing=missing,
         evidence={"signed": False, "unsigned_reason": None, **(document.get("evidence") or {})},
         environment={"storage": None, "tools": {}, **(document.get("environment") or {})},
     )
+
+
+def history_points(entries: list[dict[str, Any]], finished: str) -> list[dict[str, Any]]:
+    """What the report draws of the history up to a run: per run, per drill, the verdict and
+    RTO (drill.json carries these, so the page can be rendered again anywhere)."""
+    points = []
+    for entry in entries:
+        if (entry.get("finished_at") or "") > finished:
+            continue
+        drills = {
+            kind: {k: r.get(k) for k in ("verdict", "rto_target_s", "rto_measured_s")}
+            for kind, r in (entry.get("drills") or {}).items()
+        }
+        points.append({"run": entry.get("run"), "finished_at": entry.get("finished_at"),
+                       "drills": drills})  # fmt: skip
+    return points[-HISTORY_RUNS:]
 
 
 def _environment() -> Environment:
@@ -163,10 +197,11 @@ def _drill_view(drill: dict) -> dict[str, Any]:
     restore = drill.get("restore") if isinstance(drill.get("restore"), dict) else None
     read_sha = (restore or {}).get("sha256")
     view = dict(drill)
+    failure = _failure_view(drill) if drill.get("verdict") == "fail" else None
     view.update(
-        rto_row=target_row("RTO", rto.get("target_s"), rto.get("measured_s")),
-        rpo_row=target_row("RPO", rpo.get("target_s"), rpo.get("measured_s")),
-        cause=_cause(drill),
+        rto_row=target_row("RTO", rto.get("target_s"), rto.get("measured_s"), drill.get("verdict")),
+        rpo_row=target_row("RPO", rpo.get("target_s"), rpo.get("measured_s"), drill.get("verdict")),
+        cause=_headline(failure) if failure else _cause(drill),
         timeline=charts.timeline_svg(
             drill.get("phases") or {}, rto.get("measured_s"), rto.get("target_s")
         ),
@@ -179,6 +214,7 @@ def _drill_view(drill: dict) -> dict[str, Any]:
         checks=drill.get("checks") or [],
         notes=drill.get("notes") or [],
         logs=drill.get("logs") or {},
+        failure=failure,
         facts={
             k: v
             for k, v in drill.items()
@@ -186,6 +222,37 @@ def _drill_view(drill: dict) -> dict[str, Any]:
         },
     )
     return view
+
+
+def _headline(failure: dict[str, Any]) -> str:
+    """A failed drill's cause in one place: the first, without logs, and how many more."""
+    first = failure["first"].split("; its last output:")[0]
+    more = len(failure["also"])
+    return first + (f" (and {more} more: see why it failed, above)" if more else "")
+
+
+def _failure_view(drill: dict) -> dict[str, Any]:
+    """The failure box: the first cause, what else failed, and the logs of the container
+    that caused it (by role), not of every container the drill started."""
+    first = drill.get("first_cause") or drill.get("error") or _cause(drill)
+    failed = [c for c in drill.get("checks") or [] if not c.get("passed")]
+    also = [c for c in failed if not first.endswith(f"{c.get('name')}: {c.get('detail')}")]
+    logs = drill.get("logs") or {}
+    culprit = drill.get("culprit")
+    if culprit is not None:
+        shown = {name: text for name, text in logs.items() if name == culprit}
+    else:
+        shown = logs if len(logs) == 1 else {}
+    if shown:
+        # The logs follow in their own block: the cause need not carry them twice.
+        first = first.split("; its last output:")[0]
+    return {
+        "first": first,
+        "also": also,
+        "culprit": culprit,
+        "logs": shown,
+        "hidden_logs": sorted(set(logs) - set(shown)),
+    }
 
 
 def _profile_view(drill: dict) -> dict[str, Any] | None:
@@ -254,36 +321,6 @@ def _cause(drill: dict) -> str:
     return ""
 
 
-def target_row(name: str, target_s: float | None, measured_s: float | None) -> dict[str, Any]:
-    """One line of the RTO/RPO table: target, measured, margin, state and words."""
-    row: dict[str, Any] = {"name": name, "target_s": target_s, "measured_s": measured_s}
-    if measured_s is None:
-        return row | {"state": "unknown", "margin": "-", "words": "not measured"}
-    if target_s is None:
-        return row | {"state": "unknown", "margin": "-", "words": "no target set"}
-    share = measured_s / target_s * 100 if target_s else float("inf")
-    if measured_s <= target_s:
-        return row | {
-            "state": "ok",
-            "margin": f"{duration(target_s - measured_s)} to spare",
-            "words": f"met: {_share(share)} of the target used",
-        }
-    over = duration(measured_s - target_s)
-    words = (
-        f"missed: the recovery took {duration(measured_s)}, {over} over the {duration(target_s)} "
-        "target"
-        if name == "RTO"
-        else f"missed: the newest backup was {duration(measured_s)} old when the drill started, "
-        f"{over} more data lost than the {duration(target_s)} target allows (stale or too "
-        "infrequent backups)"
-    )
-    return row | {"state": "over", "margin": f"{over} over", "words": words}
-
-
-def _share(percent: float) -> str:
-    return "under 0.1%" if percent < 0.1 else f"{percent:.1f}%"
-
-
 def _backup_view(
     name: str, backup: dict, drill_started: str | None, read_sha: str | None
 ) -> dict[str, Any]:
@@ -341,16 +378,19 @@ def _history_view(entries: list[dict]) -> list[dict[str, Any]]:
 
 
 def _trend(points: list[charts.Point], target_s: float | None) -> str:
-    values = [p.measured_s for p in points if p.measured_s]
+    """The recoveries' times in words; runs that did not recover are counted, not timed."""
+    values = [p.measured_s for p in points if p.measured_s and recovered(p.verdict)]
+    failed = sum(1 for p in points if not recovered(p.verdict))
+    lost = f"{failed} of {len(points)} runs did not recover" if failed else ""
     if not values:
-        return "no run measured an RTO yet"
-    text = f"latest {duration(values[-1])}"
+        return lost or "no run measured an RTO yet"
+    text = f"latest recovery {duration(values[-1])}"
     if target_s:
-        text += f" ({_share(values[-1] / target_s * 100)} of the {duration(target_s)} target)"
+        text += f" ({share_text(values[-1] / target_s * 100)} of the {duration(target_s)} target)"
     if len(values) > 1:
         change = (values[-1] - values[0]) / values[0] * 100
         text += (
-            f"; over {len(values)} measured runs: fastest {duration(min(values))}, slowest "
+            f"; over {len(values)} recoveries: fastest {duration(min(values))}, slowest "
             f"{duration(max(values))}, {change:+.0f}% from the first to the latest"
         )
-    return text
+    return text + (f"; {lost}" if lost else "")

@@ -2,8 +2,10 @@
 
 pytest-html: the columns Drill, RTO target, RTO measured and Verdict, and the drill's phase
 table, targets and checks as the test's extras. Allure (when `--alluredir` is given): the
-estate and the drill kind as labels, one step per phase named with its time, and the drill
-record, the backup's manifest and container logs as attachments.
+estate and the drill kind as labels, one step per phase named with its time, the RTO and
+RPO as steps, and the drill record, the backup's manifest and container logs as
+attachments. JUnit XML: the drill, its verdict, RTO and RPO as the test's properties. A drill
+that did not recover reads "not recovered" in each (`drills.report.targets`), never "met".
 
 The containers of the drill's run reach these reports through the record (`containers`,
 `logs`: filled by the plugin from `drills.runtime.facts`); this module reads the record only.
@@ -27,6 +29,7 @@ from drills.config.errors import DrillError
 from drills.config.schema import redact_text
 from drills.record import DrillRecord
 from drills.report.charts import duration
+from drills.report.targets import NOT_RECOVERED, recovered, rpo_text, rto_text
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     try:
         if report.when == "call":
+            # The teardown report, which junitxml reads properties from, copies these.
+            item.user_properties.extend(_properties(record))
             if item.config.pluginmanager.has_plugin("html"):
                 report.extras = [*getattr(report, "extras", []), _html_extra(record)]
             if item.config.pluginmanager.has_plugin("allure_listener"):
@@ -83,12 +88,33 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
 
 
 def _row(record: DrillRecord) -> dict[str, str]:
+    measured = duration(record.rto.measured_s)
+    if not recovered(record.verdict) and record.verdict != "not_run":
+        spent = f" ({measured} spent)" if record.rto.measured_s is not None else ""
+        measured = NOT_RECOVERED + spent
     return {
         "drill": record.kind,
         "rto-target": duration(record.rto.target_s),
-        "rto-measured": duration(record.rto.measured_s),
+        "rto-measured": measured,
         "verdict": record.verdict.replace("_", " "),
     }
+
+
+def _properties(record: DrillRecord) -> list[tuple[str, str]]:
+    """The drill's JUnit properties."""
+    rto, rpo = record.rto, record.rpo
+    found = [
+        ("drill", record.kind),
+        ("verdict", record.verdict),
+        ("rto", rto_text(record.verdict, rto.target_s, rto.measured_s)),
+        ("rpo", rpo_text(record.verdict, rpo.target_s, rpo.measured_s)),
+        ("recovered", "true" if recovered(record.verdict) else "false"),
+    ]
+    for name, target in (("rto", rto), ("rpo", rpo)):
+        for field, value in (("target_s", target.target_s), ("measured_s", target.measured_s)):
+            if value is not None:
+                found.append((f"{name}_{field}", f"{value:.3f}"))
+    return found
 
 
 def _html_extra(record: DrillRecord) -> dict[str, Any]:
@@ -107,8 +133,8 @@ def _html_extra(record: DrillRecord) -> dict[str, Any]:
     )
     targets = "".join(
         f"<tr>{cell(name)}{cell(duration(t.target_s))}{cell(duration(t.measured_s))}"
-        f"{cell({True: 'met', False: 'MISSED', None: '-'}[t.met])}</tr>"
-        for name, t in (("RTO", record.rto), ("RPO", record.rpo))
+        f"{cell(text(record.verdict, t.target_s, t.measured_s))}</tr>"
+        for name, t, text in (("RTO", record.rto, rto_text), ("RPO", record.rpo, rpo_text))
     )
     cause = ""
     if record.error:
@@ -136,6 +162,8 @@ def _allure_details(item: pytest.Item, record: DrillRecord) -> None:
     allure.dynamic.feature(record.kind)
     for name, seconds in record.watch.phases.items():
         _step(f"{name}: {duration(seconds)}", {"seconds": f"{seconds:.3f}"})
+    for name, target, text in (("RTO", record.rto, rto_text), ("RPO", record.rpo, rpo_text)):
+        _step(f"{name}: {text(record.verdict, target.target_s, target.measured_s)}", {})
     if record.verdict == "fail":
         cause = redact_text(record.error or "failed")
         _step(f"verdict: fail: {cause}", {}, AssertionError(cause))

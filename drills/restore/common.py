@@ -19,6 +19,7 @@ from psycopg import sql
 
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError, EnvironmentProblem, StorageError
+from drills.restore.fetch import open_if_read
 from drills.runtime.gpg import Passphrase, gpg_pipe
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
@@ -244,3 +245,20 @@ def raise_causes(causes: list[DrillError]) -> None:
     its consequences after "; then "."""
     if causes:
         raise type(causes[0])("; then ".join(str(c) for c in causes))
+
+
+PIPE_OPEN_SECONDS = 60
+
+
+def open_pipe(path: os.PathLike[str], psql: subprocess.Popen, timeout: float) -> BinaryIO | None:
+    """The named pipe's write end once psql has opened it; None if psql exited first."""
+    deadline = time.monotonic() + min(timeout, PIPE_OPEN_SECONDS)
+    while time.monotonic() < deadline:
+        fd = open_if_read(path)
+        if fd is not None:
+            return os.fdopen(fd, "wb", buffering=0)
+        if psql.poll() is not None:
+            return None
+        time.sleep(0.005)
+    psql.kill()
+    raise StepTimeout(f"psql did not open its input within {PIPE_OPEN_SECONDS} s")

@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import os
 import posixpath
-import re
 import shutil
 import subprocess
 import tarfile
@@ -41,6 +40,7 @@ from typing import BinaryIO
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError, EnvironmentProblem, IntegrityError, StorageError
 from drills.record import DrillRecord
+from drills.restore.envfile import EnvSyntaxError, parse_env
 from drills.runtime.gpg import private_home
 from drills.storage import Storage
 from drills.storage.catalog import Backup
@@ -52,15 +52,10 @@ SHOWN = 10
 WRONG_PASSPHRASE = "wrong passphrase or not encrypted for it"
 # The passphrase is written whole into a pipe before gpg starts: it must fit the pipe's buffer.
 MAX_PASSPHRASE = 16384
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigRestoreError(DrillError):
     """A config archive could not be opened: passphrase, decryption or archive problems."""
-
-
-class EnvSyntaxError(DrillError):
-    """A .env-style file does not parse; the message gives the line, never its content."""
 
 
 @dataclass(frozen=True)
@@ -304,60 +299,24 @@ def is_env_file(name: str) -> bool:
 
 
 def count_variables(data: bytes, name: str) -> int:
-    """Parse a .env-style file; return how many variables it sets.
+    """Parse a .env-style file (`drills.restore.envfile`); return how many variables it sets.
 
-    Accepts KEY=VALUE lines, comments, blank lines, an optional `export`, and single- or
-    double-quoted values (which may span lines). Raises EnvSyntaxError naming the line, never
-    echoing its content.
+    Raises EnvSyntaxError naming the line, never echoing its content.
     """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EnvSyntaxError(f"{name}: not UTF-8 text (at byte {exc.start})") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    count, i = 0, 0
-    while i < len(lines):
-        number, line = i + 1, lines[i].strip()
-        i += 1
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export") and line[6:7] in (" ", "\t"):
-            line = line[6:].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.rstrip()
-        if not sep or not _ENV_KEY.fullmatch(key):
-            raise EnvSyntaxError(f"{name}: line {number}: expected KEY=VALUE")
-        value = value.lstrip()
-        if value[:1] in ('"', "'"):
-            quote, body = value[0], value[1:]
-            end = _closing(body, quote)
-            while end < 0:
-                if i >= len(lines):
-                    raise EnvSyntaxError(
-                        f"{name}: line {number}: {key}: the {quote} quote is never closed"
-                    )
-                body += "\n" + lines[i]
-                i += 1
-                end = _closing(body, quote)
-            rest = body[end + 1 :].strip()
-            if rest and not rest.startswith("#"):
-                raise EnvSyntaxError(
-                    f"{name}: line {number}: {key}: unexpected text after the closing quote"
-                )
-        count += 1
-    return count
+    return len(parse_env(data, name))
 
 
-def _closing(body: str, quote: str) -> int:
-    i = 0
-    while i < len(body):
-        if body[i] == "\\" and quote == '"':
-            i += 2
-            continue
-        if body[i] == quote:
-            return i
-        i += 1
-    return -1
+def find_member(restored: RestoredConfig, wanted: str, key: str) -> str:
+    """The member `wanted` names (its path, or its end: ".env.production"), for `key`."""
+    names = sorted(name for name in restored.members if _matches(wanted, name))
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        held = _names(sorted(restored.members))
+        raise DrillError(f"{key}: the config archive holds no {wanted} (it holds {held})")
+    raise DrillError(
+        f"{key}: {wanted} matches {_names(names)} in the config archive: give more of its path"
+    )
 
 
 def _matches(required: str, member: str) -> bool:

@@ -141,7 +141,7 @@ def _restore_once(
     secrets: Secrets | None,
 ) -> RestoreResult:
     if backup.format == "plain":
-        return restore_plain(storage, backup, pg, dbname, timeout, roles, secrets)
+        return restore_plain(storage, backup, pg, dbname, timeout, roles, secrets, sessions=n)
     if backup.encrypted:
         # pg_restore needs random access to an archive: decrypting one would leave its
         # plaintext on disk, which an encrypted backup exists to avoid.

@@ -257,6 +257,17 @@ class DumpScan:
         """The table whose COPY data the stream is inside, None between data blocks."""
         self._carry = b""
         self._tail = b""  # the last bytes of COPY data passed on, to find a split end marker
+        self.passed = 0
+        """Bytes passed on so far."""
+        self.preamble: bytes | None = None
+        """What the script says before its first object: the session settings every psql
+        session of the restore needs (b"" when it did not fit the first chunk)."""
+        self._preamble_end: int | None = None
+        self.post_data_seen = False
+        self.post_data_split: int | None = None
+        """Where, in the bytes the last `feed` returned, the first post-data (or access
+        privileges) entry begins: from there on the script's statements only build on the
+        data, and may run on several sessions."""
         self._after_complete = False
         self._pending: tuple[str, str] | None = None  # a header whose kind the SQL decides
         self._table: str | None = None  # the table whose CREATE TABLE is being read
@@ -273,8 +284,9 @@ class DumpScan:
         roles they refer to first are in `new_roles`."""
         self.bytes += len(data)
         self.new_roles = set()
+        self.post_data_split = None
         if self.copy_table is None or self._carry:
-            return self._lines(data)
+            return self._passed(self._lines(data))
         # Inside COPY data (nearly every byte of a dump) the chunk goes on as it is: only
         # the end marker is looked for, across the chunk boundary too.
         joint = self._tail + data[: len(_COPY_END) - 1]
@@ -286,10 +298,20 @@ class DumpScan:
             end = found + len(_COPY_END) if found >= 0 else -1
         if end < 0:
             self._tail = (self._tail + data[-(len(_COPY_END) - 1) :])[-(len(_COPY_END) - 1) :]
+            self.passed += len(data)
             return data
         self.copy_table = None
         rest = self._lines(data[end:])
-        return b"".join((memoryview(data)[:end], rest))
+        if self.post_data_split is not None:
+            self.post_data_split += end
+        return self._passed(b"".join((memoryview(data)[:end], rest)))
+
+    def _passed(self, ready: bytes | memoryview) -> bytes | memoryview:
+        """Count what goes on; keep the script's opening lines (its session settings)."""
+        if self.preamble is None and self._preamble_end is not None:
+            self.preamble = bytes(ready[: self._preamble_end]) if self.passed == 0 else b""
+        self.passed += len(ready)
+        return ready
 
     def _lines(self, data: bytes) -> bytes | memoryview:
         """Read lines (and any COPY data that starts among them) from the held-back part of
@@ -307,9 +329,14 @@ class DumpScan:
             newline = buffer.find(b"\n", position)
             if newline < 0:
                 break
+            headers, post = self.headers, self.post_data_seen
             replacement = self._line(buffer[position:newline])
             if replacement is not None:
                 edits.append((position, newline, replacement))
+            if self.headers and not headers and self._preamble_end is None:
+                self._preamble_end = _output_offset(position, edits)
+            if self.post_data_seen and not post:
+                self.post_data_split = _output_offset(position, edits)
             position = newline + 1
         if self.copy_table is not None:
             cut = len(buffer)  # COPY data goes on; its last bytes are kept to find the marker
@@ -329,6 +356,7 @@ class DumpScan:
     def end(self) -> bytes:
         """The stream ended: read its last line if it had no newline; return what is left to
         pass on."""
+        self.post_data_split = None
         rest, self._carry = self._carry, b""
         if rest and self.copy_table is None:
             replacement = self._line(rest)
@@ -440,6 +468,8 @@ class DumpScan:
             return
         self.headers += 1
         self.last = header
+        if header.section in ("post-data", "acl"):
+            self.post_data_seen = True
         if not self._about_database():
             self._objects = True
         self.sections.add(header.section)
@@ -585,3 +615,9 @@ def resolve_table(entry: TocEntry, tables: dict[str, tuple[str, str]]) -> str | 
         if leads and (found is None or len(qualified) > len(found)):
             found = qualified
     return found
+
+
+def _output_offset(position: int, edits: list[tuple[int, int, bytes]]) -> int:
+    """Where `position` of the input lands in the output, after the rewrites before it."""
+    shift = sum(len(new) - (stop - start) for start, stop, new in edits if stop <= position)
+    return position + shift

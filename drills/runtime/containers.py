@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 
 import docker.errors
@@ -12,6 +13,7 @@ from testcontainers.core.network import Network
 
 from drills.config.errors import DrillError
 from drills.runtime.labels import RunSession
+from drills.runtime.state import ROLE_NAMES, ContainerState, observe
 
 LOOPBACK = "127.0.0.1"
 
@@ -21,15 +23,23 @@ class ContainerNotReady(DrillError):
 
 
 class LabelledContainer(DockerContainer):
-    """A testcontainers container labelled with the run, publishing ports on 127.0.0.1 only."""
+    """A testcontainers container labelled with the run, publishing ports on 127.0.0.1 only.
+
+    It is named by its role (`drill-<run>-<name>-<random>`, the name "db" for a Postgres
+    container unless `name` says otherwise), so that `docker ps` and the reports say what
+    each container is for.
+    """
 
     role = "container"
 
-    def __init__(self, image: str, session: RunSession, **kwargs) -> None:
+    def __init__(self, image: str, session: RunSession, *, name: str | None = None, **kwargs):
         super().__init__(image, **kwargs)
         self.session = session
+        self.display = name or ROLE_NAMES.get(self.role, self.role)
         # with_kwargs() replaces all kwargs, so options are set on the dict directly.
-        self._kwargs["labels"] = session.labels(self.role)
+        self._kwargs["labels"] = session.labels(self.role, self.display)
+        slug = "".join(c if c.isalnum() else "-" for c in self.display)
+        self.with_name(f"drill-{session.run_id}-{slug}-{uuid.uuid4().hex[:6]}")
 
     def publish(self, port: int) -> LabelledContainer:
         """Publish a container port on a random loopback port (never on every interface)."""
@@ -68,6 +78,16 @@ class LabelledContainer(DockerContainer):
         except (docker.errors.DockerException, AttributeError):
             return "gone"
 
+    def observe(self) -> ContainerState:
+        """One look at the container: running, restarts, exit code, health."""
+        try:
+            container = self.get_wrapped_container()
+        except AttributeError:
+            return ContainerState(self.display, "gone")
+        if container is None:
+            return ContainerState(self.display, "gone")
+        return observe(container, self.display)
+
     def wait_ready(self, probe: Callable[[], bool], timeout: float, what: str) -> float:
         """Poll `probe` until true; fail fast if the container exits; the error carries logs."""
         started = time.monotonic()
@@ -82,12 +102,14 @@ class LabelledContainer(DockerContainer):
             if state in ("exited", "dead", "gone"):
                 raise ContainerNotReady(
                     f"{what} exited before it was ready (state {state}); its last output:\n"
-                    f"{self.logs_tail()}"
+                    f"{self.logs_tail()}",
+                    container=self.display,
                 )
             if time.monotonic() - started > timeout:
                 raise ContainerNotReady(
                     f"{what} not ready within {timeout:.0f} s (last probe: {last_error or 'no'});"
-                    f" its last output:\n{self.logs_tail()}"
+                    f" its last output:\n{self.logs_tail()}",
+                    container=self.display,
                 )
             time.sleep(0.1)
 

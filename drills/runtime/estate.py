@@ -108,7 +108,7 @@ class ProductionEstate:
             api = ApiContainer(
                 images.ensure_app_image(client),
                 session,
-                database_url=f"postgresql://{pg.user}:{pg.password}@db:5432/{DATABASE}",
+                env={"DATABASE_URL": f"postgresql://{pg.user}:{pg.password}@db:5432/{DATABASE}"},
             )
             api.with_volume_mapping(str(uploads_dir), "/app/uploads", "ro")
             api.on_network(network, "api")
@@ -172,25 +172,30 @@ def switch_wal(pg: PostgresContainer, archive_dir: Path, timeout: float = 30) ->
     return name
 
 
-def write_config_files(directory: Path, secret: str) -> list[Path]:
-    """The estate's config files, holding fake secrets (`secret` is planted in .env)."""
+def write_config_files(
+    directory: Path, secret: str, app_image: str = images.APP_REPO
+) -> list[Path]:
+    """The estate's config files, holding fake secrets (`secret` is planted in .env.production):
+    .env.production, the sample app's docker-compose.yml and the `.env` naming its image."""
     directory.mkdir(parents=True, exist_ok=True)
     env = directory / ".env.production"
     env.write_text(
         "# production settings of the sample application\n"
         "NODE_ENV=production\n"
         f"DATABASE_URL=postgresql://drishti:{secret}@db:5432/{DATABASE}\n"
+        f"POSTGRES_PASSWORD={secret}\n"
         f'STRIPE_SECRET_KEY="sk_live_{secret}"\n'
         "export UPLOADS_DIR=/app/uploads\n"
     )
     compose = directory / "docker-compose.yml"
-    compose.write_text(
-        "services:\n  api:\n    image: drishti/api\n    env_file: .env.production\n"
-        "    ports: ['3001:3001']\n  db:\n    image: postgres:15\n"
+    compose.write_bytes((APP_DIR / "compose" / "docker-compose.yml").read_bytes())
+    interpolation = directory / ".env"
+    interpolation.write_text(
+        f"# read by docker compose for the compose file\nDRISHTI_IMAGE={app_image}\n"
     )
-    for path in (env, compose):
+    for path in (env, compose, interpolation):
         path.chmod(0o600)
-    return [env, compose]
+    return [env, compose, interpolation]
 
 
 def _quietly(thing: object) -> None:

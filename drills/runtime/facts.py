@@ -1,5 +1,6 @@
-"""What a drill's record says of the containers of its run: image, image id, client tool
-versions and, when the drill failed, the tail of their logs.
+"""What a drill's record says of the containers of its run: name by role, image, image id,
+state, client tool versions and, when the drill failed, the tail of their logs (keyed by
+each container's name by role: "db", "api", "compose service worker").
 
 The plugin fills the record with these when a drill's test finishes; the reports read them
 from the record and never ask the engine themselves. Everything taken from a container passes
@@ -18,6 +19,7 @@ import docker.errors
 from drills.config.schema import redact_text
 from drills.record import DrillRecord
 from drills.runtime import labels
+from drills.runtime.state import role_name
 
 LOG_LINES = 60
 TOOLS = "pg_dump --version; pg_restore --version; psql --version"
@@ -38,7 +40,15 @@ def describe_containers(
     if with_logs and containers:
         logs = record.extra.setdefault("logs", {})
         for container in containers:
-            logs.setdefault(container.name, _logs_tail(container))
+            name = _role_name(container)
+            if name in logs:  # two containers of one role: the second by its Docker name too
+                name = f"{name} ({container.name})"
+            logs.setdefault(name, _logs_tail(container))
+
+
+def _role_name(container) -> str:
+    found = (container.attrs.get("Config") or {}).get("Labels") or {}
+    return role_name(found, found.get(labels.ROLE))
 
 
 def _container_facts(container) -> dict[str, Any]:
@@ -47,6 +57,7 @@ def _container_facts(container) -> dict[str, Any]:
     facts = {
         "name": container.name,
         "role": role,
+        "role_name": _role_name(container),
         "image": config.get("Image"),
         "image_id": container.attrs.get("Image"),
         "state": container.status,

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -135,27 +135,78 @@ def ensure_postgres_image(client: docker.DockerClient, major: int) -> str:
 def ensure_app_image(client: docker.DockerClient) -> str:
     """Return the tag of the sample application's image, building it when needed."""
     major = 15
-    digest = hashlib.sha256(_recipe(major).encode())
-    for path in sorted(APP_CONTEXT.iterdir()):
+    return ensure_built(
+        client, APP_CONTEXT, APP_REPO, lambda: _ensure_base(client, major)[0], _recipe(major)
+    )
+
+
+def ensure_built(
+    client: docker.DockerClient,
+    context: Path,
+    repo: str,
+    base: Callable[[], str],
+    seed: str = "",
+) -> str:
+    """Return `repo:<recipe>`, an image built from `context`'s COPY-only Dockerfile FROM the
+    local image `base()` names (its `BASE` build argument), building it when needed.
+
+    The recipe is a digest of `seed` and the context's files, so a changed file rebuilds;
+    older builds of the repository are removed.
+    """
+    digest = hashlib.sha256(seed.encode())
+    for path in sorted(context.iterdir()):
         if path.is_file():
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     recipe = digest.hexdigest()[:12]
-    tag = f"{APP_REPO}:{recipe}"
+    tag = f"{repo}:{recipe}"
     if _local(client, tag) is not None:
         return tag
-    with _lock("app"):
+    with _lock(repo.replace("/", "-")):
         if _local(client, tag) is None:
-            base, _ = _ensure_base(client, major)
             _build(
                 client,
-                APP_CONTEXT,
+                context,
                 tag,
-                buildargs={"BASE": base},
+                buildargs={"BASE": base()},
                 labels={LABEL_BUILDER: f"recovery-drills {__version__}", LABEL_RECIPE: recipe},
             )
-            _remove_stale(client, APP_REPO, keep=tag)
+            _remove_stale(client, repo, keep=tag)
     return tag
+
+
+def pulls_allowed(setting: bool = True) -> bool:
+    """Whether a registry may be asked for an image: `[runtime] pull`, unless
+    DRILL_IMAGE_PULL=0 says never."""
+    return setting and os.environ.get(PULL_ENV, "1") != "0"
+
+
+def require_image(client: docker.DockerClient, ref: str, what: str, *, pull: bool) -> str:
+    """`ref`, when the image is on this machine (or, with `pull`, a short pull brought it).
+
+    Else EnvironmentProblem (exit 3) naming `what` (e.g. "the app's image"), the image and
+    how to get it; with `pull` off no registry is asked at all.
+    """
+    try:
+        if _local(client, ref) is not None:
+            return ref
+    except docker.errors.APIError as exc:
+        raise EnvironmentProblem(
+            f"{what} {ref}: the engine cannot tell if it is here: {exc}"
+        ) from None
+    if pull and _try_pull(ref):
+        return ref
+    why = (
+        f"a pull from its registry failed or took over {PULL_TIMEOUT_S:.0f} s"
+        if pull
+        else "pulls are off ([runtime] pull = false or DRILL_IMAGE_PULL=0), so no registry "
+        "was asked"
+    )
+    raise EnvironmentProblem(
+        f"{what} {ref} is not on this machine and {why}: build it here (docker build -t "
+        f"{ref} .) or load it (docker save {ref} > image.tar where it exists, then docker "
+        "load -i image.tar here), then run the drill again"
+    )
 
 
 def _remove_stale(client: docker.DockerClient, repo: str, keep: str) -> None:

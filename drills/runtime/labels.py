@@ -26,6 +26,7 @@ PROJECT = "io.recovery-drills.project"
 PROJECT_VALUE = "recovery-drills"
 RUN = "io.recovery-drills.run"
 ROLE = "io.recovery-drills.role"
+NAME = "io.recovery-drills.name"  # the container's name by role in reports ("db", "api")
 HOST = "io.recovery-drills.host"
 PID = "io.recovery-drills.pid"
 
@@ -60,8 +61,8 @@ class RunSession:
         session._lock_handle = handle
         return session
 
-    def labels(self, role: str = "") -> dict[str, str]:
-        """The labels for one object this run creates."""
+    def labels(self, role: str = "", name: str = "") -> dict[str, str]:
+        """The labels for one object this run creates (`name`: its name by role)."""
         labels = {
             PROJECT: PROJECT_VALUE,
             RUN: self.run_id,
@@ -70,6 +71,8 @@ class RunSession:
         }
         if role:
             labels[ROLE] = role
+        if name:
+            labels[NAME] = name
         return labels
 
     def end(self, client: docker.DockerClient | None) -> list[str]:

@@ -104,8 +104,9 @@ class PostgresContainer(LabelledContainer):
         data: str = "layer",
         inbox: bool | None = None,
         warm: bool | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(image, session)
+        super().__init__(image, session, name=name)
         self.user = user
         self.password = password or secrets.token_urlsafe(18)
         self.dbname = dbname
@@ -283,7 +284,8 @@ class PostgresContainer(LabelledContainer):
             detail = done.stderr.decode(errors="replace").strip() if done else "timed out"
             raise ContainerNotReady(
                 f"{what}: setting the superuser's password failed ({detail}); its last "
-                f"output:\n{self.logs_tail()}"
+                f"output:\n{self.logs_tail()}",
+                container=self.display,
             )
 
     def stop(self, force: bool = True, delete_volume: bool = True) -> None:
@@ -342,6 +344,7 @@ def start_postgres(
     inbox: bool | None = None,
     warm: bool | None = None,
     timeout: float = 90,
+    name: str | None = None,
 ) -> PostgresContainer:
     """Start a labelled Postgres container and wait until it is ready; remove it on failure.
 
@@ -360,6 +363,7 @@ def start_postgres(
         data=data,
         inbox=inbox,
         warm=warm,
+        name=name,
     )
     container.on_network(network, *aliases)
     return container.start_ready(timeout)

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from drills.backup import Destination, backup_files
+from drills.runtime import images
+from drills.runtime.estate import write_config_files
 from drills.storage.manifest import DirEntry, FileEntry, LinkEntry, Manifest, TableCount
+from fixtures.apps import build_accounts_image
 from fixtures.estate_backups import (
     DB,
     gpg_symmetric,
@@ -1170,6 +1173,110 @@ FAULTS: list[Fault] = [
         "files",
         "no files backups under",
         mirror_emptied,
+    ),
+]
+
+
+# -- the full-system drill of any application: apps that start and die, ask for a credential,
+# or whose image is not on the machine (the accounts service, fixtures/app/accounts, stands in
+# for an app unlike the sample one; its crash-after-start mode is its own, not a patch)
+
+TOKEN_ENV = "DRILL_FAULT_HEALTH_TOKEN"
+
+
+def accounts_case(*lines: str, headers: bool = True, secret: bool = True, **env: str):
+    """The full-system drill of the accounts service, one container, one thing wrong."""
+
+    def make(ctx) -> Case:
+        _put_dump(ctx, _gz(ctx.dumps["plain"]))
+        put_files_snapshot(ctx.storage, UPLOADS)
+        variables = {
+            "HEALTH_TOKEN": "${" + TOKEN_ENV + "}",
+            "DB_HOST": "{db_host}",
+            "DB_NAME": "{db_name}",
+            "DB_USER": "{db_user}",
+            "DB_PASSWORD": "{db_password}",
+            **({"SECRET_KEY": "not-a-real-secret"} if secret else {}),
+            **env,
+        }
+        app = [
+            "[app]",
+            f'image = "{build_accounts_image(ctx.client)}"',
+            "port = 8000",
+            'health_path = "/healthz"',
+            'uploads_dir = "/srv/media"',
+            'uploads_url_path = "/media/"',
+            'count_path = ""',
+            'start_timeout = "20s"',
+            'soak = "3s"',
+            *lines,
+            *([f'headers = {{ "X-Health-Token" = "{TOKEN_ENV}" }}'] if headers else []),
+            "[app.env]",
+            *(f'{key} = "{value}"' for key, value in variables.items()),
+        ]
+        sections = DATABASE + FILES + "\n".join(app) + "\n[runtime]\npull = false\n"
+        return Case(sections, env={TOKEN_ENV: "fault-token-not-real"})
+
+    return make
+
+
+def missing_service_image(ctx) -> Case:
+    """The sample app's compose file, with a cache service whose image is not here."""
+    _put_dump(ctx, _gz(ctx.dumps["plain"]))
+    put_files_snapshot(ctx.storage, UPLOADS)
+    app_image = images.ensure_app_image(ctx.client)
+    config = write_config_files(ctx.tmp_path / "config", "not-a-real-secret", app_image)
+    members = {f"srv/drishti/{p.name}": p.read_bytes() for p in config}
+    compose = members["srv/drishti/docker-compose.yml"].decode()
+    cache = "  cache:\n    image: redis:7-alpine\n\nvolumes:"
+    members["srv/drishti/docker-compose.yml"] = compose.replace("\nvolumes:", cache).encode()
+    put_config_archive(ctx.storage, members)
+    app = '[config]\n[app]\ncompose_file = "docker-compose.yml"\n[runtime]\npull = false\n'
+    return Case(DATABASE + FILES + app)
+
+
+FAULTS += [
+    Fault(
+        "the app crashes after it first answers healthy",
+        "runtime",
+        "accounts service with CRASH_AFTER=1: exit 1 a second after its first 200",
+        "system",
+        "the api container exited (code 1)",
+        accounts_case(CRASH_AFTER="1"),
+    ),
+    Fault(
+        "health path behind a token, no credential configured",
+        "runtime",
+        "accounts service's /healthz wants X-Health-Token; no [app] headers",
+        "system",
+        "answered 401: the health path wants a credential",
+        accounts_case(headers=False),
+    ),
+    Fault(
+        "the app refuses to start without its secret",
+        "runtime",
+        "accounts service with no SECRET_KEY in its environment",
+        "system",
+        "SECRET_KEY is not set",
+        accounts_case(secret=False),
+    ),
+    Fault(
+        "the app's image is not on the machine",
+        "runtime",
+        "[app] image names an image never built or loaded here; pulls off",
+        "system",
+        "drishti/api:2025-01 is not on this machine",
+        system_case('[app]\nimage = "drishti/api:2025-01"\n[runtime]\npull = false\n'),
+        exit=3,
+    ),
+    Fault(
+        "a compose service's image is not on the machine",
+        "runtime",
+        "restored docker-compose.yml with a redis:7-alpine cache service; pulls off",
+        "system",
+        "compose service cache redis:7-alpine is not on this machine",
+        missing_service_image,
+        exit=3,
     ),
 ]
 
