@@ -55,6 +55,12 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     files = kinds.add_parser("files", parents=[common], help="snapshot the uploads directory")
     files.add_argument("--source", default=None, help="the uploads directory")
+    files.add_argument(
+        "--mirror",
+        action="store_true",
+        help="after `aws s3 sync <uploads>/ s3://<bucket>/files/ --delete`: write the mirror's "
+        "sync marker (its time, exact) instead of taking a snapshot",
+    )
 
     kinds.add_parser("config", parents=[common], help="archive the config files")
 
@@ -98,6 +104,12 @@ def main(args: argparse.Namespace) -> int:
         for line in shipped.problems:
             print(f"drill: {line}", file=sys.stderr)
         return 1 if shipped.problems else 0
+    if getattr(args, "mirror", False):
+        from drills.backup.mirror import mark_mirror
+
+        storage = destination(config, "files").storage
+        print(mark_mirror(storage, config.storage.prefixes.files).summary())
+        return 0
     try:
         result = _produce(
             args.kind,

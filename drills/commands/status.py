@@ -110,6 +110,8 @@ def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
         suspect = suspect_causes(newest.manifest) if newest.manifest is not None else []
     except DrillError as exc:  # an unreadable manifest: the newest backup is not good either
         suspect = [str(exc)]
+    if newest.is_directory and not newest.objects:
+        suspect.append(f"{newest.key} is empty: it holds no files")
     return {
         "count_7d": sum(1 for b in backups if now - b.taken_at <= WINDOW),
         "count": len(backups),

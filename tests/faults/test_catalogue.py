@@ -24,13 +24,13 @@ from fixtures.estate_backups import run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
 from tests.tables import published
 
-from .catalogue import FAULTS, Case, Fault, catalogue_markdown, wait_until
+from .catalogue import FAULTS, S3_MIRROR_ROWS, Case, Fault, catalogue_markdown, wait_until
 from .s3_proxy import FaultyS3Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS: list[dict] = []
 S3_AREAS = {"storage"}
-S3_ROWS = {"a snapshot file unreadable", "uploads mass-encrypted in place"}
+S3_ROWS = {"a snapshot file unreadable", "uploads mass-encrypted in place"} | S3_MIRROR_ROWS
 
 
 @pytest.fixture(scope="module")
