@@ -6,5 +6,6 @@ pytest_plugins = [
     "fixtures.drills",
     "fixtures.estate_backups",
     "fixtures.shapes",
+    "fixtures.pitr",
     "fixtures.apps",
 ]

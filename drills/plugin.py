@@ -127,7 +127,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     elif report.failed:
         record.verdict = "fail"
         if record.error is None:
-            record.error = _cause(call)
+            record.error = _causes(record, _cause(call))
             if call.excinfo is not None:
                 exc = call.excinfo.value
                 record.extra["error_type"] = type(exc).__name__
@@ -162,6 +162,15 @@ def _skip_reason(report: pytest.TestReport) -> str:
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2]).removeprefix("Skipped: ")
     return str(longrepr)
+
+
+def _causes(record: DrillRecord, cause: str) -> str:
+    """The checks that failed before the drill stopped, then what stopped it: a later error
+    (a recovery to a target past a hole in the WAL) must not hide the check that named why."""
+    earlier = [
+        f"check failed: {c.name}: {c.detail}" for c in record.failed_checks if c.name not in cause
+    ]
+    return "; ".join([*earlier, cause])
 
 
 def _cause(call: pytest.CallInfo) -> str:

@@ -2,8 +2,10 @@
 
 Runbook: locate the newest archive (and the one before it) -> fetch it (sha256 against the
 manifest) and decrypt it with the passphrase from the configured environment variable ->
-extract it into a private temporary directory -> the required files are present, every
-.env-style file parses, members equal the manifest's checksums -> the directory is removed ->
+extract it into a private temporary directory (links recorded, never followed) -> every
+configured path is in the archive as what it was, the required files are present (a link to a
+file the archive lacks is not), every .env-style file parses, members equal the manifest's
+checksums, modes, owners, times and links -> the directory is removed ->
 no file that the last passing drill or the archive before it had is gone -> compare the time
 taken with the RTO and the archive's age with the RPO. No value is ever printed or written to a
 report.
@@ -52,7 +54,14 @@ def test_latest_config_archive_restores(drill, drill_config, drill_storage, acce
             "sha256": restored.sha256,
         }
         with record.watch.phase("validate"):
-            check_config(record, backup, restored, settings.required)
+            check_config(
+                record,
+                backup,
+                restored,
+                settings.required,
+                paths=settings.paths,
+                optional=settings.optional,
+            )
         profile = plausibility_config.config_profile(restored)
     record.extra["profile"] = profile
 

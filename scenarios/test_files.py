@@ -1,13 +1,17 @@
-"""Drill: the latest uploads snapshot restores into a fresh volume, every file whole and
-plausible.
+"""Drill: the latest uploads snapshot restores into a fresh volume exactly as it was, every
+file whole and plausible.
 
-Runbook: locate the newest snapshot (and the one before it) -> create a fresh volume -> stream
-the snapshot's files into it (each hashed, its first bytes sniffed, as it is read) -> from a
-read-only container over the volume, hash every file that landed and compare path, size and
-sha256 with the manifest: missing, altered and extra files are named (without a manifest: at
-least one file, and integrity was not provable) -> compare what was restored with the last
-passing drill and the snapshot before it (not emptied, not mass-encrypted) -> compare the time
-taken with the RTO and the snapshot's age with the RPO.
+Runbook: locate the newest snapshot, even an empty one (and the one before it) -> create a
+fresh volume -> stream the snapshot into it as the manifest records it, else as the stored
+tree holds it: files (each hashed, its first bytes sniffed, as it is read; many fetched at
+once from S3), links as links (never followed), empty directories, hard links, modes, owners
+and times -> from a read-only container over the volume, read back every entry and compare it
+with the snapshot on every recorded fact: missing, altered and extra entries, modes, owners,
+times and hard links are named, a damaged file with every snapshot sharing it and the newest
+one holding it intact (without a manifest: at least one file, and integrity was not provable)
+-> compare what was restored with the last passing drill and the snapshot before it (not
+emptied, not mass-encrypted) -> compare the time taken with the RTO and the snapshot's age
+with the RPO.
 """
 
 from __future__ import annotations

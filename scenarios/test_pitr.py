@@ -2,12 +2,13 @@
 
 Runbook: list the base backups and the archived WAL -> start a throwaway Postgres of their
 major -> find the recoverable window (each base backup's end up to the newest commit in its
-continuous WAL) -> take the target (given, or a random point in the window, recorded so the
-drill can be replayed) -> pick the latest base backup that ended at or before it -> stream
-it into the data directory (sha256 on the way) -> pg_verifybackup with the WAL it needs ->
-replay WAL to the target and promote -> check the boundary with the heartbeat rows, the
-configured SQL and amcheck -> time it against the RTO, and the archive's newest point
-against the RPO.
+continuous WAL) -> prove the promised window: the WAL continuous from the base backup the
+promise starts at to the newest segment, on every timeline -> take the target (given, or a
+random point in the promised window, recorded so the drill can be replayed) -> pick the
+latest base backup that ended at or before it -> stream it into the data directory (sha256
+on the way) -> pg_verifybackup with the WAL it needs -> replay WAL to the target along its
+timelines and promote -> check the boundary with the heartbeat rows, the configured SQL and
+amcheck -> time it against the RTO, and the archive's newest point against the RPO.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def recovery_container(
 def test_database_recovers_to_a_point_in_time(
     drill, drill_config, drill_storage, recovery_container
 ):
+    record = drill("pitr")
     settings = configured(drill_config.pitr, "pitr")
     database = pitr.database_name(drill_config)
     prefixes, targets = drill_config.storage.prefixes, drill_config.targets
-    record = drill("pitr")
 
     with record.watch.phase("locate"):
         found = pitr.survey(drill_storage, prefixes.base, prefixes.wal)
@@ -68,18 +69,24 @@ def test_database_recovers_to_a_point_in_time(
 
     with record.watch.phase("locate"):
         window = pitr.measure_window(found, drill_storage, container)
-        target, source = pitr.choose_target(window, settings.target)
+        promise = pitr.prove(window, found, drill_storage, pitr.since(settings.accept_gaps_before))
         record.extra["pitr"] = {
+            "window": window.describe(),
+            "window_ranges": [[pitr.iso(a), pitr.iso(b)] for a, b in window.ranges()],
+            **promise.as_dict(),
+        }
+        record.check("WAL continuous over the promised window", promise.ok, promise.describe())
+        target, source = pitr.choose_target(window, settings.target, since=promise.start)
+        record.extra["pitr"] |= {
             "target": pitr.iso(target),
             "target_source": source,
             "replay_with": f"drill run --only pitr --target-time {pitr.iso(target)}",
-            "window": window.describe(),
-            "window_ranges": [[pitr.iso(a), pitr.iso(b)] for a, b in window.ranges()],
         }
         chosen = pitr.recoverable_at(window, target)
     record.backup = pitr.describe_base(chosen)
     record.notes += pitr.passed_over(window, target, chosen)
     record.extra["pitr"]["timeline"] = chosen.plan.target_timeline
+    record.extra["pitr"]["timelines"] = chosen.plan.timelines
 
     bound = targets.rto.database
     with Recovery(
@@ -93,10 +100,11 @@ def test_database_recovers_to_a_point_in_time(
         with record.watch.phase("replay"):
             recovery.replay()
 
+    record.notes.append(pitr.timeline_note(chosen, recovery.facts))
     checks = drill_config.database.checks if drill_config.database else ()
     with record.watch.phase("validate"), connect_restored(container, database) as conn:
         recovery.check_stop(record)
-        check_heartbeat_boundary(conn, record, target)
+        check_heartbeat_boundary(conn, record, target, recovery.stopped_before)
         check_database(conn, record, None, checks)
 
     # RPO: what a recovery now would lose at best, the age of the newest recoverable point

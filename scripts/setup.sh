@@ -21,6 +21,8 @@ for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$pkg")
 done
+# the tests make the runbook's S3 mirror with its own command, `aws s3 sync`
+command -v aws >/dev/null || missing+=(awscli)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${missing[*]}" >&2

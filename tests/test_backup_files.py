@@ -24,6 +24,8 @@ from drills.storage import LocalStorage
 from drills.storage.catalog import latest, list_backups
 from drills.storage.manifest import Manifest, manifest_key, sha256_file
 from drills.storage.s3 import S3Storage
+from drills.storage.snapshot import expected, read_tree
+from fixtures.upload_trees import every_shape
 
 
 @pytest.fixture
@@ -205,3 +207,58 @@ def test_cli_backup_files_end_to_end(uploads: Path, tmp_path: Path):
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def test_the_manifest_records_the_tree_the_same_with_rsync_and_python(tmp_path: Path):
+    """Links as links (one to a host file, never read), empty directories, hard links, modes,
+    owners and nanosecond times: the manifest records the uploads directory exactly, whichever
+    copier made the snapshot, and each snapshot holds the same tree."""
+    source = every_shape(tmp_path / "uploads", tmp_path / "host.txt")
+    made = {
+        copier: backup_files(
+            Destination("files/", local_dir=tmp_path / copier), source, use_rsync=copier == "rsync"
+        )
+        for copier in ("rsync", "python")
+    }
+
+    want = read_tree(source)
+    for copier, result in made.items():
+        manifest = result.manifest
+        recorded = expected(read_tree(result.local_path), manifest)
+        assert recorded.source == "manifest", copier
+        assert set(recorded.entries) == set(want.entries), copier
+        for path, entry in want.entries.items():
+            got = recorded.entries[path]
+            facts = (got.kind, got.uid, got.gid, got.mtime_ns, got.target, got.hardlink)
+            assert facts == (
+                entry.kind, entry.uid, entry.gid, entry.mtime_ns, entry.target, entry.hardlink
+            ), (copier, path)  # fmt: skip
+            assert entry.kind == "link" or got.mode == entry.mode, (copier, path)
+        snapshot = read_tree(result.local_path)
+        assert {p: (e.kind, e.mode, e.mtime_ns, e.target) for p, e in snapshot.entries.items()} == {
+            p: (e.kind, e.mode, e.mtime_ns, e.target) for p, e in want.entries.items()
+        }, copier
+        assert snapshot.entries["photos/same-inode.jpg"].hardlink == "photos/original.jpg"
+    assert made["rsync"].manifest.links == made["python"].manifest.links
+    assert made["rsync"].manifest.directories == made["python"].manifest.directories
+
+
+@pytest.mark.parametrize("use_rsync", [True, False], ids=["rsync", "python"])
+def test_a_file_rewritten_within_the_same_second_is_not_the_old_one(tmp_path: Path, use_rsync):
+    """Same size, a time in the same second: rsync compares whole seconds unless told
+    otherwise, and would hard-link the old bytes into the new snapshot."""
+    source = tmp_path / "uploads"
+    source.mkdir()
+    upload = source / "avatar.png"
+    upload.write_bytes(b"aaaa")
+    when = 1_700_000_000_100_000_000
+    os.utime(upload, ns=(when, when))
+    dest = Destination("files/", local_dir=tmp_path / "local")
+    backup_files(dest, source, use_rsync=use_rsync)
+    upload.write_bytes(b"bbbb")
+    os.utime(upload, ns=(when + 1_000, when + 1_000))
+
+    second = backup_files(dest, source, use_rsync=use_rsync)
+
+    assert (second.local_path / "avatar.png").read_bytes() == b"bbbb"
+    assert second.manifest.files[0].sha256 == _sha(b"bbbb")

@@ -248,3 +248,46 @@ def test_names_across_a_dst_change(tmp_path, local, utc):
 def test_a_bad_zone_is_named():
     with pytest.raises(ConfigError, match="not an IANA time zone"):
         list_backups(LocalStorage("/nonexistent"), "database", name_timezone="Mars/Olympus")
+
+
+def test_an_empty_newest_snapshot_is_the_latest(backup_storage: Storage):
+    """The uploads mount vanished: `cp -al` made an empty dated directory (a folder marker on
+    S3). It is the newest snapshot, and skipping it would drill the one before."""
+    backup_storage.put_bytes("files/20250114_020000/avatars/a.png", b"aaaa")
+    if isinstance(backup_storage, LocalStorage):
+        (backup_storage.root / "files" / "20250115_020000").mkdir()
+    else:
+        backup_storage.client.put_object(
+            Bucket=backup_storage.bucket, Key="files/20250115_020000/", Body=b""
+        )
+    backups = list_backups(backup_storage, "files")
+    newest = latest(backups)
+    assert (newest.key, newest.objects, newest.size) == ("files/20250115_020000/", 0, 0)
+    assert [b.objects for b in backups] == [1, 0]
+
+
+def test_a_snapshot_whose_manifest_is_all_that_is_left_is_listed(backup_storage: Storage):
+    backup_storage.put_bytes("files/20250114_020000/avatars/a.png", b"aaaa")
+    backup_storage.put_bytes(
+        "files/20250115_020000.manifest.json", _manifest_for(_utc(2025, 1, 15, 2, 0), kind="files")
+    )
+    newest = latest(list_backups(backup_storage, "files"))
+    assert (newest.key, newest.objects, newest.time_source) == (
+        "files/20250115_020000/",
+        0,
+        "manifest",
+    )
+
+
+def test_a_snapshot_of_old_uploads_is_taken_when_its_name_says(tmp_path):
+    """rsync -a and cp -al keep the uploads' own times: a snapshot taken now of files
+    untouched for years was written now, not years ago."""
+    storage = LocalStorage(tmp_path)
+    name = _name(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5))
+    old = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+    _written(storage, f"files/{name}/avatars/a.png", datetime.fromtimestamp(old, UTC))
+
+    backup = latest(list_backups(storage, "files"))
+
+    assert (backup.time_source, backup.time_note) == ("name", None)
+    assert backup.written_at > datetime.now(UTC) - timedelta(minutes=1)

@@ -1,13 +1,18 @@
 """The config drill, end to end through `drill run`: a clean encrypted archive passes; a wrong
 passphrase, an unset passphrase variable, a corrupted archive, a missing required file, an
 unparsable .env and a path-traversal member each fail with a named cause; and no secret from
-the archive or the passphrase reaches a report or the command's output."""
+the archive or the passphrase reaches a report or the command's output. Archives made by the
+original runbook's `tar -czf`: a configured path missing from it fails naming the path, a
+symlinked nginx site is a link and passes, a required file that is a link to something the
+archive lacks fails."""
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
-from fixtures.estate_backups import put_config_archive, run_drill, tar_gz, write_drill_toml
+from fixtures.estate_backups import put_config_archive, run_drill, stamp, tar_gz, write_drill_toml
+from fixtures.upload_trees import config_tree, runbook_config_archive
 
 PASSPHRASE = "correct horse battery staple 7f3a"
 SECRET = "sk_live_PLANTED_9b1c0e6d4f2a"
@@ -143,3 +148,67 @@ def test_path_traversal_member_is_refused(tmp_path, local_storage):
     assert outcome.exit == 1, outcome.output
     assert "'../../escaped' would land outside the extraction directory" in drill["error"]
     assert not (tmp_path.parent / "escaped").exists()
+
+
+def _runbook_archive(tmp_path, local_storage, *, leave_out: str = "", env_link: bool = False):
+    """`tar -czf` of a server's config paths, as the original runbook ran it (a missing path
+    makes tar exit 2, and the archive is written all the same); stored without a manifest.
+    Returns the `[config]` section listing every path."""
+    root = tmp_path / "server"
+    paths = config_tree(root)
+    if env_link:  # the deploy's shared .env, linked into the app and not archived
+        env = root / "srv/app/.env.production"
+        (root / "srv/shared").mkdir()
+        env.rename(root / "srv/shared/.env")
+        env.symlink_to(root / "srv/shared/.env")
+    archived = [p for p in paths if not p.endswith(leave_out)] if leave_out else paths
+    if leave_out:
+        os.unlink(root / leave_out)
+    archive = tmp_path / "config.tar.gz"
+    assert runbook_config_archive(paths, archive) == (2 if leave_out else 0)
+    assert len(archived) == len(paths) - bool(leave_out)
+    local_storage.put_bytes(
+        f"config/config_{stamp(timedelta(minutes=5))}.tar.gz", archive.read_bytes()
+    )
+    listed = ", ".join(f'"{p}"' for p in paths)
+    return (
+        f'[config]\npaths = [{listed}]\nrequired = [".env.production", "sites-enabled/app.conf"]\n'
+    )
+
+
+def _run(tmp_path, local_storage, section: str):
+    config = write_drill_toml(tmp_path, local_storage.url, section)
+    outcome = run_drill(config, "config")
+    return outcome, outcome.drill("config")
+
+
+def test_an_archive_missing_a_configured_path_fails_naming_it(tmp_path, local_storage):
+    """`tar -czf` exits 2 when a listed path is missing, but writes the archive: without the
+    TLS private key it must not pass."""
+    section = _runbook_archive(tmp_path, local_storage, leave_out="etc/ssl/private/app.key")
+    outcome, drill = _run(tmp_path, local_storage, section)
+    assert outcome.exit == 1, outcome.output
+    key = tmp_path / "server/etc/ssl/private/app.key"
+    assert (
+        f"every configured path is in the archive, as what it was: missing from the archive: {key}"
+        in drill["error"]
+    )
+
+
+def test_a_symlinked_site_in_a_runbook_archive_is_a_link_and_passes(tmp_path, local_storage):
+    section = _runbook_archive(tmp_path, local_storage)
+    outcome, drill = _run(tmp_path, local_storage, section)
+    assert outcome.exit == 0, outcome.output
+    checks = {c["name"]: c for c in drill["checks"]}
+    assert checks["every configured path is in the archive, as what it was"]["passed"]
+    assert checks["required files are present"]["passed"]
+    assert "1 link(s)" in checks["archive holds files"]["detail"]
+
+
+def test_a_required_file_that_links_outside_the_archive_fails(tmp_path, local_storage):
+    section = _runbook_archive(tmp_path, local_storage, env_link=True)
+    outcome, drill = _run(tmp_path, local_storage, section)
+    assert outcome.exit == 1, outcome.output
+    env = str(tmp_path / "server/srv/app/.env.production").lstrip("/")
+    target = tmp_path / "server/srv/shared/.env"
+    assert f"{env}: a link to {target}, which the archive does not hold" in drill["error"]

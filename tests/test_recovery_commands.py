@@ -33,6 +33,7 @@ from fixtures.estate_backups import (
     uploads,
     write_drill_toml,
 )
+from fixtures.upload_trees import config_tree, runbook_config_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("users", "transactions", "audit_logs")
@@ -497,3 +498,70 @@ def test_at_a_time_with_wal_recovers_to_that_point(archiving, tmp_path):
     assert "no database backups under" in result.stderr
     assert "and no point-in-time recovery either: target" in result.stderr
     assert "is before the end of the oldest base backup" in result.stderr
+
+
+def test_files_without_a_manifest_say_so_and_keep_nothing_that_was_not_there(
+    local_storage, tmp_path
+):
+    put_files_snapshot(local_storage, uploads(), manifest=False)
+    config = write_drill_toml(tmp_path, local_storage.url, "[files]\n")
+    live = tmp_path / "new-uploads"
+
+    result = drill(tmp_path, "restore", "files", "--config", str(config), "--to", str(live))
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "checked against the stored snapshot (no manifest), then swapped in" in output
+    assert "checked against the manifest" not in output
+    assert "the previous directory is kept" not in output
+    assert "integrity was not provable" in output
+
+
+def test_config_restore_gives_back_links_modes_and_times(local_storage, tmp_path):
+    """A runbook archive (`tar -czf`) with a symlinked nginx site, a 600 key and a 755
+    script: restored as a link, with its mode and time (tar's own format keeps whole
+    seconds)."""
+    root = tmp_path / "server"
+    paths = config_tree(root)
+    archive = tmp_path / "config.tar.gz"
+    assert runbook_config_archive(paths, archive) == 0
+    local_storage.put_bytes(
+        f"config/config_{stamp(timedelta(minutes=5))}.tar.gz", archive.read_bytes()
+    )
+    listed = ", ".join(f'"{p}"' for p in paths)
+    config = write_drill_toml(tmp_path, local_storage.url, f"[config]\npaths = [{listed}]\n")
+    target = tmp_path / "restored"
+
+    result = drill(tmp_path, "restore", "config", "--config", str(config), "--to", str(target))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    back = target / str(root).lstrip("/")
+    site = back / "etc/nginx/sites-enabled/app.conf"
+    assert os.readlink(site) == "../sites-available/app.conf"
+    assert (
+        "etc/nginx/sites-enabled/app.conf -> ../sites-available/app.conf (a link)" in result.stdout
+    )
+    for path in ("etc/ssl/private/app.key", "usr/local/bin/backup.sh", "srv/app/.env.production"):
+        was, now = (root / path).stat(), (back / path).stat()
+        assert stat.S_IMODE(now.st_mode) == stat.S_IMODE(was.st_mode), path
+        assert (now.st_uid, now.st_gid) == (was.st_uid, was.st_gid), path
+        assert int(now.st_mtime) == int(was.st_mtime), path
+    assert (back / "etc/nginx/conf.d").is_dir()
+
+
+def test_config_restore_never_writes_through_a_link_in_the_target(local_storage, tmp_path):
+    members = {"srv/app/.env.production": b"SECRET=s3cr3t-value\n"}
+    put_config_archive(local_storage, members)
+    config = write_drill_toml(tmp_path, local_storage.url, "[config]\n")
+    target, elsewhere = tmp_path / "restored", tmp_path / "elsewhere"
+    target.mkdir()
+    elsewhere.mkdir()
+    (target / "srv").symlink_to(elsewhere)
+
+    result = drill(
+        tmp_path, "restore", "config", "--config", str(config), "--to", str(target), "--overwrite"
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "a link in the target directory; not followed" in result.stderr
+    assert list(elsewhere.iterdir()) == []

@@ -132,3 +132,22 @@ def test_a_suspect_newest_backup_is_not_ok(tmp_path):
     assert "database: newest backup is SUSPECT: no tables" in result.stdout
     assert as_json["kinds"]["database"]["suspect"] == ["no tables"]
     assert as_json["kinds"]["config"]["suspect"] == []
+
+
+def test_an_empty_newest_snapshot_is_shown_as_the_newest_and_fails(tmp_path):
+    files = tmp_path / "backups" / "files"
+    good = (datetime.now(UTC) - timedelta(hours=26)).strftime("%Y%m%d_%H%M%S")
+    empty = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y%m%d_%H%M%S")
+    (files / good / "avatars").mkdir(parents=True)
+    (files / good / "avatars" / "a.png").write_bytes(b"an avatar")
+    (files / empty).mkdir()
+    config = tmp_path / "drill.toml"
+    config.write_text(f'[storage]\nurl = "file://{tmp_path / "backups"}"\n[files]\n')
+    argv = [sys.executable, "-m", "drills.cli", "status", "--config", str(config)]
+
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    data = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True).stdout)
+
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert data["kinds"]["files"]["latest"]["key"] == f"files/{empty}/"
+    assert f"files: newest backup is SUSPECT: files/{empty}/ is empty" in shown.stdout

@@ -103,7 +103,7 @@ def backup_base(
             f"{_where(params)}: role {facts.role} has no REPLICATION attribute: "
             "pg_basebackup would fail, so nothing was copied (ALTER ROLE ... REPLICATION)"
         )
-    tool, tool_version = _tool(facts.major, pg_basebackup)
+    tool, tool_version = find_tool("pg_basebackup", facts.major, pg_basebackup)
     with Run(dest, Series("base", dest.prefix)) as run, dest.workdir() as work:
         run.check_space(work)
         started = utcnow()
@@ -113,42 +113,84 @@ def backup_base(
             _run(tool, params, password, partial, name, fast_checkpoint, timeout)
             # the server's clock, which commit times and heartbeats are written in
             server_ended_at = _server_now(params, password)
-            wal = _wal_range(partial / PG_MANIFEST)
+            wal = wal_range(partial / PG_MANIFEST)
             sysid = _system_identifier(partial / BASE_TAR)
-            digests = {p.name: file_digests(p) for p in sorted(partial.iterdir()) if p.is_file()}
-            files = tuple(FileEntry(rel, d.bytes, 0o600, d.sha256) for rel, d in digests.items())
-            for path in partial.iterdir():
-                path.chmod(0o600)
-        seg = facts.segment_size
-        manifest = Manifest(
-            kind="base",
-            started_at=started,
-            finished_at=utcnow(),
-            format="tar",
-            compression="gzip",
-            bytes=sum(f.size for f in files),
-            producer_version=__version__,
+            files, etags = seal(partial)
+        manifest = base_manifest(
+            started=started,
+            finished=utcnow(),
             server_version=facts.version,
             files=files,
+            wal=wal,
+            segment_size=facts.segment_size,
+            system_identifier=sysid,
+            superuser=facts.superuser,
+            ended_at=server_ended_at,
             extra={
-                "start_lsn": format_lsn(wal["start"]),
-                "end_lsn": format_lsn(wal["end"]),
-                "timeline": wal["timeline"],
-                "end_timeline": wal["end_timeline"],
-                "start_wal": segment_name(wal["timeline"], lsn_segno(wal["start"], seg), seg),
-                "end_wal": segment_name(wal["end_timeline"], lsn_segno(wal["end"], seg), seg),
-                "segment_size": seg,
-                "system_identifier": str(sysid),
-                "superuser": facts.superuser,
                 "tablespaces": facts.tablespaces,
                 "pg_basebackup_version": tool_version,
                 "label": f"drill {name}",
-                "server_ended_at": server_ended_at.isoformat().replace("+00:00", "Z"),
             },
         )
-        causes = size_causes(manifest.bytes or 0, run.previous())
-        etags = {rel: d.etag for rel, d in digests.items()}
-        return run.finish(final, run.mark(manifest, causes), etags)
+        return finish_base(run, final, manifest, etags)
+
+
+def seal(directory: Path) -> tuple[tuple[FileEntry, ...], dict[str, str | None]]:
+    """The files of a finished base backup directory (mode 600) and their S3 ETags."""
+    digests = {p.name: file_digests(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    files = tuple(FileEntry(rel, d.bytes, 0o600, d.sha256) for rel, d in digests.items())
+    for path in directory.iterdir():
+        path.chmod(0o600)
+    return files, {rel: d.etag for rel, d in digests.items()}
+
+
+def base_manifest(
+    *,
+    started: datetime,
+    finished: datetime,
+    server_version: str,
+    files: tuple[FileEntry, ...],
+    wal: dict[str, int],
+    segment_size: int,
+    system_identifier: int,
+    superuser: str,
+    ended_at: datetime,
+    extra: dict,
+) -> Manifest:
+    """Our manifest of a base backup: the facts a point-in-time recovery is planned by."""
+    seg = segment_size
+    return Manifest(
+        kind="base",
+        started_at=started,
+        finished_at=finished,
+        format="tar",
+        compression="gzip",
+        bytes=sum(f.size for f in files),
+        producer_version=__version__,
+        server_version=server_version,
+        files=files,
+        extra={
+            "start_lsn": format_lsn(wal["start"]),
+            "end_lsn": format_lsn(wal["end"]),
+            "timeline": wal["timeline"],
+            "end_timeline": wal["end_timeline"],
+            "start_wal": segment_name(wal["timeline"], lsn_segno(wal["start"], seg), seg),
+            "end_wal": segment_name(wal["end_timeline"], lsn_segno(wal["end"], seg), seg),
+            "segment_size": seg,
+            "system_identifier": str(system_identifier),
+            "superuser": superuser,
+            **extra,
+            "server_ended_at": ended_at.isoformat().replace("+00:00", "Z"),
+        },
+    )
+
+
+def finish_base(
+    run: Run, final: Path, manifest: Manifest, etags: dict[str, str | None]
+) -> BackupResult:
+    """Store the base backup with its manifest; suspect when it shrank implausibly."""
+    causes = size_causes(manifest.bytes or 0, run.previous())
+    return run.finish(final, run.mark(manifest, causes), etags)
 
 
 def _params(dsn: str | None) -> tuple[dict[str, str], str | None]:
@@ -193,10 +235,10 @@ def _server_now(params: dict[str, str], password: str | None) -> datetime:
         raise DrillError(f"{_where(params)}: cannot read the server's clock: {cause}") from None
 
 
-def _tool(major: int, explicit: str | None) -> tuple[str, str]:
-    """A pg_basebackup of the server's major (or newer): explicit, the major's own, PATH's."""
+def find_tool(tool: str, major: int, explicit: str | None = None) -> tuple[str, str]:
+    """A client tool of the server's major (or newer): explicit, the major's own, PATH's."""
     candidates = [explicit] if explicit else []
-    candidates += [f"/usr/lib/postgresql/{major}/bin/pg_basebackup", "pg_basebackup"]
+    candidates += [f"/usr/lib/postgresql/{major}/bin/{tool}", tool]
     seen = []
     for candidate in candidates:
         path = shutil.which(candidate)
@@ -209,7 +251,7 @@ def _tool(major: int, explicit: str | None) -> tuple[str, str]:
             return path, version
     found = f"; found {', '.join(seen)}" if seen else "; none found"
     raise EnvironmentProblem(
-        f"pg_basebackup of PostgreSQL {major} or newer is needed for this server{found} "
+        f"{tool} of PostgreSQL {major} or newer is needed for this server{found} "
         f"(install postgresql-client-{major})"
     )
 
@@ -263,7 +305,7 @@ def _run(
         raise DrillError(f"base/{name}: pg_basebackup wrote no {BASE_TAR} and {PG_MANIFEST}")
 
 
-def _wal_range(path: Path) -> dict[str, int]:
+def wal_range(path: Path) -> dict[str, int]:
     """Start and end LSN and timelines from PostgreSQL's backup_manifest."""
     try:
         ranges = json.loads(path.read_text())["WAL-Ranges"]
@@ -284,8 +326,12 @@ def _system_identifier(base_tar: Path) -> int:
         with tarfile.open(base_tar, "r:gz") as tar:
             for member in tar:
                 if member.name.lstrip("./") == "global/pg_control":
-                    data = tar.extractfile(member).read(8)
-                    return int.from_bytes(data, "little")
+                    return system_identifier(tar.extractfile(member).read(8))
     except (OSError, tarfile.TarError) as exc:
         raise DrillError(f"{base_tar}: cannot read global/pg_control ({exc})") from None
     raise DrillError(f"{base_tar}: no global/pg_control (not a base backup?)")
+
+
+def system_identifier(pg_control: bytes) -> int:
+    """The system identifier at the start of a cluster's global/pg_control."""
+    return int.from_bytes(pg_control[:8], "little")

@@ -2,15 +2,20 @@
 
 Locally, as the seed runbook did: ``files/<YYYYMMDD_HHMMSS>/`` is a full copy of the uploads
 directory in which files unchanged since the previous snapshot are hard links to it (rsync
-``--link-dest`` when rsync is installed, else the same in Python, linking only when size, mtime
-and sha256 all match), ``files/current`` is a symlink to the newest snapshot, and
-``files/<YYYYMMDD_HHMMSS>.manifest.json`` lists every regular file's relative path, size,
-mode and sha256 (symlinks and special files are kept in the snapshot but not listed).
+``-aH --link-dest`` when rsync is installed, else the same in Python, linking only when size,
+mtime and sha256 all match), ``files/current`` is a symlink to the newest snapshot, and
+``files/<YYYYMMDD_HHMMSS>.manifest.json`` records the snapshot as `drills.storage.snapshot`
+defines it: every regular file (path, size, sha256, mode, owner, modification time in
+nanoseconds, hard links inside the snapshot), every symlink with its target (copied as a link,
+never followed), every directory, empty ones included. Fifos, sockets and devices are left
+out, with a warning.
 
-In the storage every ``files/<ts>/`` prefix is complete on its own, so a restore needs one
-snapshot only. Only files whose checksum changed since the previous snapshot's manifest are
-uploaded; unchanged ones are copied inside the storage (S3 CopyObject, no data through this
-machine; a hard link in a ``file://`` storage), falling back to an upload when the copy fails.
+In the storage every ``files/<ts>/`` prefix holds the snapshot's regular files and is complete
+on its own (links and directories live in the manifest: an object store has neither), so a
+restore needs one snapshot only. Only files whose checksum changed since the previous
+snapshot's manifest are uploaded; unchanged ones are copied inside the storage (S3 CopyObject,
+no data through this machine; a hard link in a ``file://`` storage), falling back to an upload
+when the copy fails.
 
 Example::
 
@@ -29,6 +34,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from drills import __version__
@@ -47,7 +53,25 @@ from drills.backup.series import Series
 from drills.backup.transfer import copy_object, run_all
 from drills.config.errors import ConfigError, DrillError, StorageError
 from drills.storage import Storage
-from drills.storage.manifest import SUFFIX, FileEntry, Manifest, manifest_key, sha256_file
+from drills.storage.manifest import (
+    SUFFIX,
+    DirEntry,
+    FileEntry,
+    LinkEntry,
+    Manifest,
+    manifest_key,
+    sha256_file,
+)
+from drills.storage.snapshot import (
+    DIR,
+    FILE,
+    LINK,
+    ROOT,
+    Entry,
+    Snapshot,
+    manifest_fields,
+    read_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +112,10 @@ def backup_files(
                 known = _rsync(rsync, source, partial, prev_dir)
             else:
                 known = _copy_tree(source, partial, prev_dir, previous_entries)
-            entries = _entries(partial, prev_dir, previous_entries, known)
-            if not entries:
+            files, links, directories = _recorded(
+                source, partial, prev_dir, previous_entries, known
+            )
+            if not files:
                 raise _empty(source)
         manifest = Manifest(
             kind="files",
@@ -97,9 +123,11 @@ def backup_files(
             finished_at=utcnow(),
             format="snapshot",
             compression="none",
-            bytes=sum(e.size for e in entries),
+            bytes=sum(e.size for e in files),
             producer_version=__version__,
-            files=entries,
+            files=files,
+            links=links,
+            directories=directories,
             extra={
                 "source": str(source),
                 "linked_to": previous,
@@ -135,16 +163,22 @@ def _stamp_of(name: str) -> str | None:
 
 
 def _previous(work: Path, ts: str) -> str | None:
-    """The newest snapshot directory older than `ts`."""
-    names = [
-        name
-        for name in os.listdir(work)
-        if _SNAPSHOT.match(name)
-        and name < ts
-        and (work / name).is_dir()
-        and not (work / name).is_symlink()
-    ]
-    return max(names, default=None)
+    """The newest snapshot directory taken before `ts`: by its second, then, for names of
+    the same second (a unique suffix is random, so its order says nothing), by when the
+    directory was made."""
+    second = ts[:15]
+    found = []
+    for name in os.listdir(work):
+        path = work / name
+        if not _SNAPSHOT.match(name) or name == ts or name[:15] > second:
+            continue
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found.append((name[:15], st.st_ctime_ns, name))
+    return max(found)[2] if found else None
 
 
 def _local_manifest(work: Path, snapshot: str | None) -> dict[str, FileEntry]:
@@ -163,7 +197,11 @@ def _local_manifest(work: Path, snapshot: str | None) -> dict[str, FileEntry]:
 
 
 def _rsync(rsync: str, source: Path, partial: Path, previous: Path | None) -> dict[str, str]:
-    argv = [rsync, "-a"]
+    # -H: a file with two names keeps one inode. --modify-window=-1: times compared to the
+    # nanosecond; by default rsync compares whole seconds, so a file rewritten (same size) in
+    # the second of the previous snapshot was linked to its old copy, and a directory's time
+    # was left as the copy made it.
+    argv = [rsync, "-aH", "--modify-window=-1"]
     if previous is not None:
         argv.append(f"--link-dest={previous.absolute()}")
     argv += [f"{source}/", f"{partial}/"]
@@ -183,48 +221,61 @@ def _rsync(rsync: str, source: Path, partial: Path, previous: Path | None) -> di
 def _copy_tree(
     source: Path, partial: Path, previous: Path | None, previous_entries: dict[str, FileEntry]
 ) -> dict[str, str]:
-    """rsync -a --link-dest in Python; returns the sha256 of every file it copied or linked."""
+    """rsync -aH --link-dest in Python; returns the sha256 of every file it copied or linked."""
+    tree = read_tree(source)
+    owners = os.geteuid() == 0
     known: dict[str, str] = {}
-    directories: list[tuple[Path, Path]] = [(source, partial)]
-    for dirpath, dirnames, filenames in os.walk(source, onerror=_walk_error):
-        here = Path(dirpath)
-        rel_dir = here.relative_to(source)
-        for name in sorted(dirnames):
-            src = here / name
-            if src.is_symlink():
-                _copy_link(src, partial / rel_dir / name)
-                continue
-            (partial / rel_dir / name).mkdir()
-            directories.append((src, partial / rel_dir / name))
-        dirnames[:] = sorted(n for n in dirnames if not (here / n).is_symlink())
-        for name in sorted(filenames):
-            src, dst = here / name, partial / rel_dir / name
-            rel = (rel_dir / name).as_posix()
-            st = src.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                _copy_link(src, dst)
-            elif stat.S_ISREG(st.st_mode):
-                known[rel] = _link_or_copy(src, dst, st, rel, previous, previous_entries)
-    for src, dst in reversed(directories):
-        shutil.copystat(src, dst)  # after the files, or their creation would reset mtimes
+    for entry in tree.ordered():
+        src, dst = source / entry.path, partial / entry.path
+        try:
+            if entry.kind == DIR:
+                if entry.path != ROOT:
+                    dst.mkdir()
+            elif entry.kind == LINK:
+                os.symlink(entry.target or "", dst)
+                _set_stat(dst, entry, owners)
+            elif entry.hardlink is not None:
+                os.link(partial / entry.hardlink, dst)
+                known[entry.path] = known[entry.hardlink]
+            else:
+                known[entry.path] = _link_or_copy(src, dst, entry, previous, previous_entries)
+                _set_stat(dst, entry, owners)
+        except OSError as exc:
+            raise os_error(exc.filename or src, exc) from None
+    for entry in reversed(tree.ordered()):
+        if entry.kind == DIR:  # after their contents, or creating those would reset mtimes
+            _set_stat(partial / entry.path, entry, owners)
     return known
+
+
+def _set_stat(path: Path, entry: Entry, owners: bool) -> None:
+    """Give a copy the entry's owner (when we may), mode and times, never through a link."""
+    if owners:
+        os.chown(path, entry.uid or 0, entry.gid or 0, follow_symlinks=False)
+    if entry.kind != LINK:
+        os.chmod(path, entry.mode or 0)
+    ns = entry.mtime_ns or 0
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
 
 
 def _link_or_copy(
     src: Path,
     dst: Path,
-    st: os.stat_result,
-    rel: str,
+    entry: Entry,
     previous: Path | None,
     previous_entries: dict[str, FileEntry],
 ) -> str:
     """Hard-link `dst` to the previous snapshot's copy when it is the same file, else copy."""
-    old = previous / rel if previous is not None else None
+    old = previous / entry.path if previous is not None else None
     if old is not None and old.is_file() and not old.is_symlink():
         old_st = old.lstat()
-        if (old_st.st_size, old_st.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-            entry = previous_entries.get(rel)
-            old_sha = entry.sha256 if entry and entry.size == old_st.st_size else None
+        if (old_st.st_size, old_st.st_mtime_ns) == (entry.size, entry.mtime_ns) and (
+            stat.S_IMODE(old_st.st_mode),
+            old_st.st_uid,
+            old_st.st_gid,
+        ) == (entry.mode, entry.uid, entry.gid):
+            prior = previous_entries.get(entry.path)
+            old_sha = prior.sha256 if prior and prior.size == old_st.st_size else None
             new_sha = sha256_file(src)
             if new_sha == (old_sha or sha256_file(old)):
                 os.link(old, dst)
@@ -234,47 +285,54 @@ def _link_or_copy(
         while block := reader.read(CHUNK):
             digest.update(block)
             writer.write(block)
-    shutil.copystat(src, dst)
     return digest.hexdigest()
 
 
-def _copy_link(src: Path, dst: Path) -> None:
-    os.symlink(os.readlink(src), dst)
-
-
-def _walk_error(exc: OSError) -> None:
-    raise os_error(exc.filename, exc)
-
-
-def _entries(
+def _recorded(
+    source: Path,
     snapshot: Path,
     previous: Path | None,
     previous_entries: dict[str, FileEntry],
     known: dict[str, str],
-) -> tuple[FileEntry, ...]:
-    """Every regular file of the snapshot; hashes reused for files hard-linked to the
-    previous snapshot (the same inode is the same bytes) and for files just copied."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(snapshot):
-        dirnames.sort()
-        here = Path(dirpath)
-        for name in sorted(filenames):
-            path = here / name
-            st = path.lstat()
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            rel = path.relative_to(snapshot).as_posix()
-            digest = known.get(rel) or _linked_sha(st, rel, previous, previous_entries)
-            entries.append(
-                FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode), digest or sha256_file(path))
-            )
-    return tuple(sorted(entries, key=lambda e: e.path))
+) -> tuple[tuple[FileEntry, ...], tuple[LinkEntry, ...], tuple[DirEntry, ...]]:
+    """The manifest's record of the snapshot: every entry with its facts, hashes reused for
+    files hard-linked to the previous snapshot (the same inode is the same bytes) and for
+    files just copied. A copy made without root's rights cannot keep owners: then they are
+    the source's."""
+    tree = read_tree(snapshot)
+    if tree.special:
+        log.warning("%s: fifos, sockets and devices are not backed up: %s", source, tree.special)
+    for path in tree.special:
+        with contextlib.suppress(OSError):
+            (snapshot / path).unlink()
+    if os.geteuid() != 0:
+        tree = _owners_of(read_tree(source), tree)
+    digests = {}
+    for entry in tree.ordered():
+        if entry.kind != FILE or entry.hardlink is not None:
+            continue
+        digests[entry.path] = (
+            known.get(entry.path)
+            or _linked_sha(snapshot / entry.path, entry.path, previous, previous_entries)
+            or sha256_file(snapshot / entry.path)
+        )
+    return manifest_fields(tree, digests)
+
+
+def _owners_of(source: Snapshot, tree: Snapshot) -> Snapshot:
+    """`tree` with the owners `source` has for the same entries."""
+    for path, entry in tree.entries.items():
+        there = source.entries.get(path)
+        if there is not None and there.kind == entry.kind:
+            tree.entries[path] = replace(entry, uid=there.uid, gid=there.gid)
+    return tree
 
 
 def _linked_sha(
-    st: os.stat_result, rel: str, previous: Path | None, previous_entries: dict[str, FileEntry]
+    path: Path, rel: str, previous: Path | None, previous_entries: dict[str, FileEntry]
 ) -> str | None:
     entry = previous_entries.get(rel)
+    st = path.lstat()
     if previous is None or entry is None or entry.size != st.st_size or st.st_nlink < 2:
         return None
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from drills.config.errors import IntegrityError
 from drills.storage import Storage
+from drills.storage.etag import PartDigests
 from drills.storage.s3 import MULTIPART_THRESHOLD
 
 CHUNK = 1 << 20
@@ -37,24 +38,13 @@ class Digests:
         self.part_size = part_size
         self.bytes = 0
         self._sha = hashlib.sha256()
-        self._part = hashlib.md5(usedforsecurity=False)
-        self._part_bytes = 0
-        self._parts: list[bytes] = []
+        self._parts = PartDigests(part_size)
 
     def update(self, data: bytes | memoryview) -> None:
         """Add the next bytes."""
         self._sha.update(data)
         self.bytes += len(data)
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self.part_size - self._part_bytes)
-            self._part.update(view[:take])
-            self._part_bytes += take
-            view = view[take:]
-            if self._part_bytes == self.part_size:
-                self._parts.append(self._part.digest())
-                self._part = hashlib.md5(usedforsecurity=False)
-                self._part_bytes = 0
+        self._parts.update(data)
 
     @property
     def sha256(self) -> str:
@@ -65,13 +55,11 @@ class Digests:
     def etag(self) -> str | None:
         """The ETag S3 gives an upload of these bytes, None past what boto3 uploads in
         parts of `part_size` (it then picks larger parts)."""
-        parts = self._parts + ([self._part.digest()] if self._part_bytes else [])
         if self.bytes < self.part_size:
-            return self._part.hexdigest()
-        if len(parts) > _MAX_PARTS:
+            return self._parts.current.hexdigest()  # one part: the MD5 of the whole
+        if self._parts.count > _MAX_PARTS:
             return None
-        joined = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
-        return f"{joined}-{len(parts)}"
+        return self._parts.etag()
 
 
 def file_digests(path: Path) -> Digests:

@@ -56,11 +56,25 @@ def locate_with_previous(
     if backup.time_note:
         record.notes.append(f"{backup.key}: {backup.time_note}")
     if backup.manifest_key is None:
-        record.notes.append(
-            f"{backup.key} has no manifest: integrity rests on the compressor's own check "
-            "and the restore itself; row counts and checksums cannot be compared"
-        )
+        cannot = _MIRROR if backup.format == catalog.MIRROR else _WITHOUT_MANIFEST.get(kind, "")
+        record.notes.append(f"{backup.key} has no manifest: {cannot}")
     return backup, previous
+
+
+_WITHOUT_MANIFEST = {
+    "database": "integrity rests on the compressor's own check and the restore itself; row "
+    "counts and checksums cannot be compared",
+    "files": "integrity rests on the files as they are stored; checksums cannot be compared "
+    "with what was backed up",
+    "config": "integrity rests on the compressor's own check (and gpg's, when encrypted); "
+    "member checksums cannot be compared with what was archived",
+}
+"""What a drill without a manifest cannot prove, per kind."""
+_MIRROR = (
+    "integrity rests on each object's ETag (the MD5 the store took at upload; a multipart one "
+    "where its part size can be inferred) and size; a mirror keeps no modes, owners, times, "
+    "links or empty directories"
+)
 
 
 def locate_optional(

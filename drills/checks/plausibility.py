@@ -108,13 +108,15 @@ def _when(text: str | None) -> datetime | None:
 
 
 def history_baseline(entry: Mapping[str, Any] | None, backup: Backup) -> Baseline | None:
-    """The last passing drill as a baseline; None when there is none or it drilled a backup
-    newer than this one (comparisons only run forward in time)."""
+    """The last passing drill as a baseline; None when there is none or it drilled another
+    backup newer than this one (comparisons only run forward in time). The same key drilled
+    before is this backup as it was: a mirror synced in place, whose time goes back when a
+    sync only deleted (no newer object), is still compared with what it held then."""
     if entry is None:
         return None
     drilled = entry.get("backup") or {}
     taken = _when(drilled.get("taken_at"))
-    if taken is not None and taken > backup.taken_at:
+    if taken is not None and taken > backup.taken_at and drilled.get("key") != backup.key:
         return None
     profile = entry["profile"]
     when = f" of {taken:%Y-%m-%d %H:%M}Z" if taken else ""

@@ -58,8 +58,8 @@ class ConfigBaseline(Baseline):
 
 
 def config_profile(restored: RestoredConfig) -> dict[str, Any]:
-    """The profile of a restored archive: its file names (never a value)."""
-    return {"files": sorted(restored.members)}
+    """The profile of a restored archive: its file and link names (never a value)."""
+    return {"files": restored.names}
 
 
 def config_baselines(
@@ -83,7 +83,7 @@ def config_baselines(
         try:
             manifest = previous.manifest
             if manifest is not None and manifest.members:
-                names = [_normal(m.path) for m in manifest.members]
+                names = [_normal(m.path) for m in (*manifest.members, *manifest.links)]
                 found.append(_adopt(generic, names, "file list (manifest)"))
             else:
                 found.append(_adopt(generic, list_names(previous), "file list (opened)"))

@@ -49,7 +49,7 @@ from drills.config.schema import FilesSettings
 from drills.restore import filetype
 from drills.restore.files import FilesRestore
 from drills.restore.filetype import Head
-from drills.storage import Storage
+from drills.storage import Storage, snapshot
 from drills.storage.catalog import Backup
 
 TYPED = 0.5
@@ -238,8 +238,8 @@ def _from_previous(previous: Backup, storage: Storage) -> FilesBaseline:
         base.listing = {e.path: FileBefore(e.size, e.sha256) for e in manifest.files}
         compared = "sha256 per file (manifest)"
     else:
-        objects = [o for o in storage.list(previous.key) if not o.key.endswith("/")]
-        base.listing = {o.key[len(previous.key) :]: FileBefore(o.size) for o in objects}
+        stored = snapshot.stored_snapshot(storage, previous.key)
+        base.listing = {p: FileBefore(e.size) for p, e in stored.files.items()}
         compared = "size per file (listing, no manifest)"
     base.files = len(base.listing)
     base.total_bytes = sum(f.size for f in base.listing.values())

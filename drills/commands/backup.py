@@ -55,6 +55,12 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     files = kinds.add_parser("files", parents=[common], help="snapshot the uploads directory")
     files.add_argument("--source", default=None, help="the uploads directory")
+    files.add_argument(
+        "--mirror",
+        action="store_true",
+        help="after `aws s3 sync <uploads>/ s3://<bucket>/files/ --delete`: write the mirror's "
+        "sync marker (its time, exact) instead of taking a snapshot",
+    )
 
     kinds.add_parser("config", parents=[common], help="archive the config files")
 
@@ -63,9 +69,28 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     wal.add_argument(
         "--remove-shipped", action="store_true", default=None, help="delete files once stored"
     )
+    wal.add_argument(
+        "--import",
+        dest="import_dir",
+        default=None,
+        metavar="DIR",
+        help="ship an existing archive directory once (same checks; nothing removed)",
+    )
     base = kinds.add_parser("base", parents=[common], help="pg_basebackup for point-in-time")
     base.add_argument("--dsn", default=None, help="libpq DSN (default: [pitr] dsn, then PG*)")
     base.add_argument("--fast-checkpoint", action="store_true", help="checkpoint at once")
+    base.add_argument(
+        "--import",
+        dest="import_path",
+        default=None,
+        metavar="PATH",
+        help="store a pg_basebackup made elsewhere (-Fp or -Ft, -z, -X stream) as a base backup",
+    )
+    base.add_argument(
+        "--superuser",
+        default=None,
+        help="with --import: the cluster's bootstrap superuser (default: read from the backup)",
+    )
     parser.set_defaults(func=main)
     return parser
 
@@ -74,7 +99,16 @@ def main(args: argparse.Namespace) -> int:
     """Take the backup the arguments ask for; return the exit code."""
     config = load_config(args.config, overrides=_overrides(args))
     if args.kind == "wal":
-        print(_ship(config).summary())
+        shipped = _ship(config, args.import_dir)
+        print(shipped.summary())
+        for line in shipped.problems:
+            print(f"drill: {line}", file=sys.stderr)
+        return 1 if shipped.problems else 0
+    if getattr(args, "mirror", False):
+        from drills.backup.mirror import mark_mirror
+
+        storage = destination(config, "files").storage
+        print(mark_mirror(storage, config.storage.prefixes.files).summary())
         return 0
     try:
         result = _produce(
@@ -83,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
             upload=not args.no_upload,
             fast_checkpoint=getattr(args, "fast_checkpoint", False),
             dry_run_prune=args.dry_run_prune,
+            imported=(getattr(args, "import_path", None), getattr(args, "superuser", None)),
         )
     except OSError as exc:  # the producers name their own failures; this is the last net
         raise os_error(exc.filename or args.kind, exc) from None
@@ -118,15 +153,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, str | None]:
     return overrides
 
 
-def _ship(config: Config):
+def _ship(config: Config, import_dir: str | None):
+    from drills.backup.archiver import archiver_state
     from drills.backup.wal import ship_wal
+    from drills.commands.heartbeat import resolve_dsn
 
+    storage = destination(config, "wal").storage
+    prefix = config.storage.prefixes.wal
+    if import_dir is not None:
+        return ship_wal(storage, prefix, import_dir, importing=True)
     settings = config.pitr
     if settings is None or not settings.archive_dir:
         raise ConfigError("[pitr] archive_dir is not set (or --archive-dir)")
-    storage = destination(config, "wal").storage
+    dsn = resolve_dsn(config, None)
     return ship_wal(
-        storage, config.storage.prefixes.wal, settings.archive_dir, remove=settings.remove_shipped
+        storage,
+        prefix,
+        settings.archive_dir,
+        remove=settings.remove_shipped,
+        server=lambda: archiver_state(dsn),
+        stall_after=config.targets.rpo.database,
     )
 
 
@@ -137,6 +183,7 @@ def _produce(
     upload: bool,
     fast_checkpoint: bool = False,
     dry_run_prune: bool = False,
+    imported: tuple[str | None, str | None] = (None, None),
 ) -> BackupResult:
     def dest(of: str) -> Destination:
         found = destination(config, of, upload=upload)
@@ -165,6 +212,18 @@ def _produce(
         if config.files is None or not config.files.source_dir:
             raise ConfigError("[files] source_dir is not set (or --source)")
         return backup_files(dest("files"), config.files.source_dir)
+    if kind == "base" and imported[0] is not None:
+        from drills.backup.base_import import import_base
+
+        return import_base(
+            dest("base"),
+            imported[0],
+            superuser=imported[1],
+            storage=destination(config, "wal", upload=upload).storage,
+            wal_prefix=config.storage.prefixes.wal,
+            archive_dir=config.pitr.archive_dir if config.pitr else None,
+            timeout=config.runtime.step_timeout,
+        )
     if kind == "base":
         from drills.backup.base import backup_base
         from drills.commands.heartbeat import resolve_dsn

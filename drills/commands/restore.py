@@ -3,7 +3,8 @@
 Each prints its plan first (what is restored, from which backup, what is replaced and kept),
 then restores beside the original, verifies with the drills' checks, and only then swaps.
 A failure before the swap leaves the original as it was. Exit codes: 0 restored; 1 the
-restore or its verification failed, or the confirmation was not given; 2 configuration or
+restore or its verification failed, or the confirmation was not given, or `restore files
+--skip-damaged` restored all but the damaged files it lists; 2 configuration or
 usage error (an unknown backup key, no terminal to confirm at without --yes); 3 environment
 error (no Docker engine, not enough free space).
 """
@@ -57,6 +58,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     files.add_argument("--to", required=True, metavar="DIR", help="the uploads directory")
     files.add_argument("--snapshot", default=None, metavar="KEY", help="this snapshot")
+    files.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="restore every file but the damaged ones, list those with the snapshot to take "
+        "each from, and exit 1",
+    )
 
     config = kinds.add_parser(
         "config", parents=[common], help="decrypt and extract config files into DIR"
@@ -124,13 +131,15 @@ def _files(args: argparse.Namespace, config: Config, storage: Storage, now: date
     from drills.recovery import files
     from drills.recovery.common import Workspace
 
-    plan = files.plan_files(config, storage, args.to, key=args.snapshot, now=now)
+    plan = files.plan_files(
+        config, storage, args.to, key=args.snapshot, now=now, skip_damaged=args.skip_damaged
+    )
     _show("Restore plan (files):", plan.lines(now))
     with Workspace() as workspace:
         outcome = files.run_files(plan, config, storage, say=say, workspace=workspace)
     for line in files.summary(outcome):
         print(line)
-    return 0
+    return 1 if outcome.skipped else 0
 
 
 def _config(args: argparse.Namespace, config: Config, storage: Storage, now: datetime) -> int:

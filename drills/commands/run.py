@@ -2,7 +2,9 @@
 
 Each run writes into `<report-dir>/<UTC timestamp>/` (drill.json, junit.xml, the pytest-html
 report, Allure results) and points `<report-dir>/latest` at it. Exit codes: 0 every configured
-drill passed; 1 any drill failed; 2 configuration or usage error; 3 environment error.
+drill passed; 1 any drill failed; 2 configuration or usage error, and a run where every drill
+was skipped (nothing was drilled: never a pass, not a failure of the backups either); 3
+environment error.
 """
 
 from __future__ import annotations
@@ -76,8 +78,10 @@ def run(
     only: list[str] | None = None,
     quiet: bool = False,
     accept_shrink: str | None = None,
+    scenarios: Path = SCENARIOS,
 ) -> int:
-    """Run the drills of `config` in a new run directory; return the exit code."""
+    """Run the drills of `config` (the scenarios in `scenarios`) in a new run directory;
+    return the exit code."""
     import pytest
 
     wanted = [k for k in config.configured_drills() if only is None or k in only]
@@ -91,7 +95,7 @@ def run(
 
         engine.connect()  # exit 3 with advice, before any drill starts
     run_dir = new_run_dir(Path(config.report.dir))
-    argv = [str(SCENARIOS), "-p", "no:cacheprovider", "--drill-run-dir", str(run_dir)]
+    argv = [str(scenarios), "-p", "no:cacheprovider", "--drill-run-dir", str(run_dir)]
     argv += ["--rootdir", str(SCENARIOS.parent), "-o", "console_output_style=classic"]
     if config_path or config.source:
         argv += ["--drill-config", str(config_path or config.source)]
@@ -123,6 +127,13 @@ def run(
 
     finalize_run(run_dir, config)
     result = json.loads(document.read_text())
+    if not any(d["verdict"] != "not_run" for d in result["drills"]):
+        reasons = "; ".join(f"{d['kind']}: {d['error']}" for d in result["drills"])
+        print(
+            f"drill: NOTHING DRILLED: every drill was skipped ({reasons or 'no drill ran'}); "
+            f"report: {run_dir}"
+        )
+        return 2
     verdict = result["verdict"]
     print(f"drill: {verdict.upper()}; report: {run_dir}")
     if verdict == "pass":

@@ -2,12 +2,15 @@
 
 Per kind: backups in the last 7 days, the newest backup's time, age and size, whether that
 age is within the kind's RPO, manifest coverage; and whether the storage answers. A newest
-backup whose manifest marks it suspect (see `drills.backup.marks`) is not "ok". Then each
-configured drill's last verdict and cause, from the report directory.
-Exit 0 when every kind is within its RPO and its newest backup is not suspect, and no
-configured drill's last run failed; 1 when any is overdue or suspect, the storage is
-unreachable, or a configured drill last failed; 2 on a configuration error (no
-configuration at all included).
+backup whose manifest marks it suspect (see `drills.backup.marks`) is not "ok". With
+`[pitr]`, two more rows: base backups (against `[pitr] base_max_age`) and WAL (the newest
+shipped segment against the database RPO, and the window's continuity). A kind whose section
+is left out is "not configured": shown, never counted. Then each configured drill's last
+verdict and cause, from the report directory.
+Exit 0 when every configured kind is within its RPO, its newest backup is not suspect, the
+WAL has no hole and no configured drill's last run failed; 1 when any is overdue, suspect or
+holed, the storage is unreachable, or a configured drill last failed; 2 on a configuration
+error (no configuration at all included).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from drills.report.verdicts import last_drills
 from drills.storage import catalog, open_storage
 
 KINDS = ("database", "files", "config")
+PITR_KINDS = ("base", "wal")
+NOT_CONFIGURED = {"configured": False, "latest": None, "within_rpo": True, "error": None}
 WINDOW = timedelta(days=7)
 
 
@@ -54,7 +59,7 @@ def collect(config: Config, now: datetime | None = None) -> dict:
         endpoint_url=config.storage.endpoint_url,
         region=config.storage.region,
     )
-    kinds = [k for k in KINDS if getattr(config, k) is not None] or list(KINDS)
+    kinds = [k for k in KINDS if getattr(config, k) is not None]
     result: dict = {"storage": {"url": storage.url, "reachable": True, "error": None}}
     try:
         storage.check()
@@ -63,12 +68,29 @@ def collect(config: Config, now: datetime | None = None) -> dict:
         result["kinds"] = {}
         result["ok"] = False
         return result
-    rows = {}
-    for kind in kinds:
-        rows[kind] = _kind_status(storage, config, kind, now)
+    rows = {
+        k: _kind_status(storage, config, k, now) if k in kinds else NOT_CONFIGURED for k in KINDS
+    }
+    rows |= _pitr_rows(storage, config, now)
     result["kinds"] = rows
-    result["ok"] = all(row["within_rpo"] and not row.get("suspect") for row in rows.values())
+    result["ok"] = all(
+        row["within_rpo"] and not row.get("suspect") and not row.get("holes")
+        for row in rows.values()
+    )
     return result
+
+
+def _pitr_rows(storage, config: Config, now: datetime) -> dict:
+    if config.pitr is None:
+        return dict.fromkeys(PITR_KINDS, NOT_CONFIGURED)
+    from drills.pitr import since
+    from drills.pitr.freshness import pitr_freshness, status_rows
+
+    prefixes = config.storage.prefixes
+    found = pitr_freshness(
+        storage, prefixes.base, prefixes.wal, since(config.pitr.accept_gaps_before)
+    )
+    return status_rows(found, now, config.targets.rpo.database, config.pitr.base_max_age)
 
 
 def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
@@ -88,6 +110,8 @@ def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
         suspect = suspect_causes(newest.manifest) if newest.manifest is not None else []
     except DrillError as exc:  # an unreadable manifest: the newest backup is not good either
         suspect = [str(exc)]
+    if newest.is_directory and not newest.objects:
+        suspect.append(f"{newest.key} is empty: it holds no files")
     return {
         "count_7d": sum(1 for b in backups if now - b.taken_at <= WINDOW),
         "count": len(backups),
@@ -116,6 +140,9 @@ def render(status: dict) -> str:
     table = [header]
     for kind, row in status["kinds"].items():
         latest = row["latest"]
+        if row.get("configured") is False:
+            table.append((kind, "-", "-", "-", "-", "-", "not configured", "-"))
+            continue
         if latest is None:
             table.append((kind, "0", "-", "-", "-", human(row["rpo_s"]), "MISSING", "-"))
             continue
@@ -125,7 +152,7 @@ def render(status: dict) -> str:
                 str(row["count_7d"]),
                 latest["taken_at"][:19].replace("T", " ") + f" ({latest['time_source']})",
                 human(latest["age_s"]),
-                human_size(latest["bytes"]),
+                "-" if latest["bytes"] is None else human_size(latest["bytes"]),
                 human(row["rpo_s"]),
                 _state(row),
                 row["manifests"],
@@ -140,12 +167,16 @@ def render(status: dict) -> str:
             lines.append(f"{kind}: {row['error']}")
         if row.get("suspect"):
             lines.append(f"{kind}: newest backup is SUSPECT: {'; '.join(row['suspect'])}")
+        if row.get("holes"):
+            lines.append(f"{kind}: {'; '.join(row['holes'])}")
     return "\n".join(lines)
 
 
 def _state(row: dict) -> str:
     if not row["within_rpo"]:
         return "OVERDUE"
+    if row.get("holes"):
+        return "HOLES"
     return "SUSPECT" if row.get("suspect") else "ok"
 
 

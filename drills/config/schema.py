@@ -546,6 +546,17 @@ class PitrSettings:
     remove_shipped: bool = knob(
         False, "`drill backup wal` deletes files from archive_dir once they are stored."
     )
+    accept_gaps_before: str | None = knob(
+        None,
+        "ISO-8601 time with offset: holes in the WAL archive wholly before it are accepted, and "
+        "the promised window starts there; unset: from the oldest base backup's end.",
+        check=_iso_time,
+    )
+    base_max_age: float = knob(
+        8 * DAY,
+        "How old the newest base backup may be (freshness, status); older, a recovery replays "
+        "ever more WAL.",
+    )
 
 
 @dataclass(frozen=True)

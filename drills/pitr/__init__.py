@@ -2,6 +2,8 @@
 
 - `plan`: what can be recovered (the survey of base backups and WAL, the window, the point
   chosen for a target time);
+- `continuity` and `promise`: whether the WAL is continuous over the whole window the
+  archive promises, and its holes placed in time;
 - `catalog`: base backups and WAL segments in storage; `container`: the recovery container;
   `recovery`: restoring a base backup and replaying WAL into it.
 
@@ -21,10 +23,14 @@ from drills.pitr.plan import (
     measure_window,
     passed_over,
     recoverable_at,
+    since,
     survey,
+    timeline_note,
 )
+from drills.pitr.promise import Promise, prove
 
 __all__ = [
+    "Promise",
     "Recoverable",
     "RecoveryError",
     "Survey",
@@ -35,6 +41,9 @@ __all__ = [
     "iso",
     "measure_window",
     "passed_over",
+    "prove",
     "recoverable_at",
+    "since",
     "survey",
+    "timeline_note",
 ]

@@ -2,9 +2,12 @@
 
 Base backups are ``base/<YYYYMMDD_HHMMSS>/`` with the manifest `drill backup base` writes
 beside them (``base/<ts>.manifest.json``): it carries the WAL range and the times a recovery
-is planned by, so a base backup without one is reported, not guessed at. WAL is what
-`drill backup wal` stored (``wal/<name>.gz`` plus a manifest each, see `drills.backup.wal`);
-an object without its manifest is an unfinished upload and counts as missing.
+is planned by, so a base backup without one is reported (with how to import it), not
+guessed at. WAL is what `drill backup wal` stored (``wal/<name>.gz`` plus a manifest each,
+see `drills.backup.wal`), or what an `archive_command` wrote straight into the storage:
+plain, ``.gz``, ``.zst``, ``.lz4``, ``.partial``. An object without our manifest is checked
+by what it holds (a clean compressed stream, the segment size and page header its name
+implies) and by PostgreSQL's own record checksums as it replays.
 
 A `WalPlan` is the chain of segments one base backup needs: from the segment its backup
 starts in, along the timeline path to the newest timeline that descends from it (as
@@ -21,35 +24,41 @@ Example::
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 
 from drills.backup.common import STAMP
 from drills.backup.wal import SUFFIX as WAL_SUFFIX
 from drills.config.errors import DrillError, IntegrityError
 from drills.storage import Storage
 from drills.storage.manifest import SUFFIX, FileEntry, Manifest, manifest_key
+from drills.storage.walcodec import decompress
 from drills.storage.walfile import (
-    HISTORY,
-    SEGMENT,
     Switch,
     TimelineStretch,
-    history_tli,
+    archived_name,
+    check_segment,
     lsn_segno,
     on_path,
     parse_history,
     parse_lsn,
     parse_segment,
+    read_header,
     segment_name,
     timeline_of,
     timeline_path,
 )
 
 _BASE_DIR = re.compile(rf"^(?P<name>{STAMP.pattern})/")
+IMPORT_HINT = (
+    "a pg_basebackup made by other means is imported with `drill backup base --import "
+    "<its directory>` (docs/pitr.md)"
+)
+# Where several objects hold one WAL file, the one read: ours (with a manifest) first.
+_PREFERENCE = ("none", "gzip", "zstd", "lz4")
 
 
 @dataclass(frozen=True)
@@ -138,10 +147,18 @@ def list_base_backups(storage: Storage, prefix: str) -> tuple[list[BaseBackup], 
     sizes = {info.key: info.size for info in infos}
     dirs = sorted({m["name"] for i in infos if (m := _BASE_DIR.match(i.key[len(prefix) :]))})
     found, problems = [], []
+    for other in _foreign_dirs(infos, prefix, set(dirs)):
+        problems.append(
+            f"{prefix}{other}/: a pg_basebackup without our manifest: import it with `drill "
+            "backup base --import <its directory>` (docs/pitr.md)"
+        )
     for name in dirs:
         key, mkey = f"{prefix}{name}/", f"{prefix}{name}{SUFFIX}"
         if mkey not in sizes:
-            problems.append(f"{key}: no manifest {mkey} (its upload did not finish?)")
+            problems.append(
+                f"{key}: no manifest {mkey}: not made by `drill backup base`, or its upload did "
+                f"not finish; {IMPORT_HINT}"
+            )
             continue
         try:
             manifest = Manifest.from_json(storage.read_bytes(mkey), source=mkey)
@@ -161,54 +178,120 @@ def list_base_backups(storage: Storage, prefix: str) -> tuple[list[BaseBackup], 
     return sorted(found, key=lambda b: (b.ended_at, b.key)), problems
 
 
+def _foreign_dirs(infos: list, prefix: str, ours: set[str]) -> list[str]:
+    """Directories under the prefix that hold a base backup's files but no name of ours."""
+    marks = ("backup_manifest", "backup_label", "PG_VERSION", "base.tar")
+    found = set()
+    for info in infos:
+        top, sep, rest = info.key[len(prefix) :].partition("/")
+        if sep and top not in ours and rest.split("/")[-1].startswith(marks):
+            found.add(top)
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class StoredWal:
+    """One object holding an archived WAL file."""
+
+    key: str
+    compression: str
+    manifest: bool
+    """Whether `drill backup wal` wrote a manifest beside it."""
+    partial: bool = False
+    modified: datetime | None = None
+    """When the object was stored."""
+
+
 @dataclass
 class WalArchive:
-    """The archived WAL in a storage: names of complete uploads, by kind."""
+    """The archived WAL in a storage, by the name PostgreSQL gave each file."""
 
     prefix: str
-    segments: set[str] = field(default_factory=set)
-    histories: dict[int, str] = field(default_factory=dict)
-    unfinished: list[str] = field(default_factory=list)
+    files: dict[str, StoredWal] = field(default_factory=dict)
+    """By WAL file name; a partial segment's name ends in ``.partial``."""
+
+    @cached_property
+    def segments(self) -> set[str]:
+        """Names of the whole segments archived."""
+        return {n for n in self.files if len(n) == 24}
+
+    @cached_property
+    def partials(self) -> set[str]:
+        """Names of the segments archived only partially (the end of a timeline)."""
+        return {n[:24] for n in self.files if n.endswith(".partial")} - self.segments
+
+    @cached_property
+    def histories(self) -> dict[int, str]:
+        """Timeline history files by timeline."""
+        return {int(n[:8], 16): n for n in self.files if n.endswith(".history")}
+
+    @cached_property
+    def unfinished(self) -> list[str]:
+        """Files stored without our manifest (an archive_command's, or an unfinished run)."""
+        return sorted(n for n, f in self.files.items() if not f.manifest)
 
     def key(self, name: str) -> str:
-        """The storage key of an archived file."""
-        return f"{self.prefix}{name}{WAL_SUFFIX}"
+        """The storage key of an archived file (a segment archived only partially: the
+        partial one)."""
+        found = self.files.get(name) or self.files.get(f"{name}.partial")
+        return found.key if found else f"{self.prefix}{name}{WAL_SUFFIX}"
+
+    def read(
+        self, storage: Storage, name: str, path: list[TimelineStretch] | None = None
+    ) -> tuple[bytes, Manifest | None]:
+        """A file's contents as PostgreSQL wrote it, checked by its manifest where there is
+        one, and a segment by its size and first page (`path`: its timeline path)."""
+        found = self.files.get(name) or self.files.get(f"{name}.partial")
+        if found is None:
+            raise IntegrityError(f"{self.key(name)}: not archived")
+        data, manifest = read_archived(storage, found.key, found.compression, found.manifest)
+        if len(name) == 24:
+            try:
+                check_segment(name, read_header(data), len(data), path)
+            except ValueError as exc:
+                raise IntegrityError(f"{found.key}: {exc}") from None
+        return data, manifest
 
 
 def list_wal(storage: Storage, prefix: str) -> WalArchive:
-    """Every archived WAL file whose upload finished (its manifest is stored)."""
+    """Every archived WAL file, ours and others' (an object of ours missing its manifest
+    counts: the object itself is whole, stores write it atomically)."""
     archive = WalArchive(prefix)
-    keys = {info.key for info in storage.list(prefix)}
-    for key in sorted(keys):
+    infos = {info.key: info for info in storage.list(prefix)}
+    candidates: dict[str, list[StoredWal]] = {}
+    for key in sorted(infos):
         name = key[len(prefix) :]
-        if not name.endswith(WAL_SUFFIX) or "/" in name:
+        parsed = archived_name(name) if "/" not in name else None
+        if parsed is None:
             continue
-        name = name[: -len(WAL_SUFFIX)]
-        if manifest_key(key) not in keys:
-            archive.unfinished.append(name)
-        elif SEGMENT.match(name):
-            archive.segments.add(name)
-        elif HISTORY.match(name):
-            archive.histories[history_tli(name)] = name
+        stored = StoredWal(
+            key, parsed.compression, manifest_key(key) in infos, parsed.partial, infos[key].modified
+        )
+        candidates.setdefault(parsed.wal_name, []).append(stored)
+    for name, options in candidates.items():
+        options.sort(key=lambda s: (not s.manifest, _PREFERENCE.index(s.compression)))
+        archive.files[name] = options[0]
     return archive
 
 
-def read_archived(storage: Storage, key: str) -> tuple[bytes, Manifest]:
+def read_archived(
+    storage: Storage, key: str, compression: str = "gzip", with_manifest: bool = True
+) -> tuple[bytes, Manifest | None]:
     """An archived file's original bytes, checked against its manifest (both sides)."""
-    mkey = manifest_key(key)
-    manifest = Manifest.from_json(storage.read_bytes(mkey), source=mkey)
+    manifest = None
     stored = storage.read_bytes(key)
-    if manifest.bytes is not None and len(stored) != manifest.bytes:
-        raise IntegrityError(
-            f"{key}: {len(stored)} bytes stored, its manifest says {manifest.bytes} (truncated?)"
-        )
-    if manifest.sha256 and hashlib.sha256(stored).hexdigest() != manifest.sha256:
-        raise IntegrityError(f"{key}: sha256 mismatch with its manifest (damaged in storage?)")
-    try:
-        data = gzip.decompress(stored)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise IntegrityError(f"{key}: gzip stream is corrupt ({exc})") from None
-    expected = manifest.extra.get("content_sha256")
+    if with_manifest:
+        mkey = manifest_key(key)
+        manifest = Manifest.from_json(storage.read_bytes(mkey), source=mkey)
+        if manifest.bytes is not None and len(stored) != manifest.bytes:
+            raise IntegrityError(
+                f"{key}: {len(stored)} bytes stored, its manifest says {manifest.bytes} "
+                "(truncated?)"
+            )
+        if manifest.sha256 and hashlib.sha256(stored).hexdigest() != manifest.sha256:
+            raise IntegrityError(f"{key}: sha256 mismatch with its manifest (damaged in storage?)")
+    data = decompress(stored, compression, key)
+    expected = manifest.extra.get("content_sha256") if manifest else None
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise IntegrityError(f"{key}: contents differ from what was archived (sha256)")
     return data, manifest
@@ -227,10 +310,13 @@ class WalPlan:
     first_missing: str | None
     """The first segment missing before later ones (a gap); None when the archive just ends."""
     wal_prefix: str = "wal/"
+    partial: str | None = None
+    """The last segment when only its partial copy is archived (the end of a timeline)."""
 
     def key(self, name: str) -> str:
         """The storage key of one of the plan's files."""
-        return f"{self.wal_prefix}{name}{WAL_SUFFIX}"
+        suffix = ".partial" if name == self.partial else ""
+        return f"{self.wal_prefix}{name}{suffix}{WAL_SUFFIX}"
 
     @property
     def consistent(self) -> bool:
@@ -251,6 +337,11 @@ class WalPlan:
         """The last continuous segment."""
         return self.segments[-1] if self.segments else None
 
+    @property
+    def timelines(self) -> list[int]:
+        """The timelines the plan replays, oldest first."""
+        return [stretch.tli for stretch in self.path]
+
     def names(self) -> list[str]:
         """What the restore is fed, in order: history files, then the segments."""
         return [*self.histories, *self.segments]
@@ -259,43 +350,50 @@ class WalPlan:
 def plan_for(base: BaseBackup, archive: WalArchive, storage: Storage) -> WalPlan:
     """The continuous WAL from `base`'s start along the newest timeline that descends from it."""
     seg = base.segment_size
-    target, path = _timeline(base, archive, storage)
+    target, path = timeline_for(base, archive, storage)
     tlis = {stretch.tli for stretch in path}
     segno = lsn_segno(base.start_lsn, seg)
-    segments = []
+    segments: list[str] = []
     while True:
-        name = segment_name(timeline_of(list(path), segno, seg), segno, seg)
+        name = segment_name(timeline_of(path, segno, seg), segno, seg)
         if name not in archive.segments:
             break
         segments.append(name)
         segno += 1
     later = any(
-        parse_segment(n, seg)[1] > segno and parse_segment(n, seg)[0] in tlis
-        for n in archive.segments
+        number > segno and tli == timeline_of(path, number, seg)
+        for tli, number in (parse_segment(n, seg) for n in archive.segments)
     )
+    partial = None
+    if not later and name in archive.partials:
+        segments.append(name)  # the archive ends in it: replay what it holds
+        partial = name
     histories = tuple(archive.histories[t] for t in sorted(tlis) if t in archive.histories)
     missing = name if later else None
-    return WalPlan(base, target, tuple(path), histories, tuple(segments), missing, archive.prefix)
+    return WalPlan(
+        base, target, tuple(path), histories, tuple(segments), missing, archive.prefix, partial
+    )
 
 
-def _timeline(
+def timeline_for(
     base: BaseBackup, archive: WalArchive, storage: Storage
 ) -> tuple[int, list[TimelineStretch]]:
     """The newest timeline whose history contains the end of `base`, and its path."""
     for tli in sorted((t for t in archive.histories if t > base.timeline), reverse=True):
-        path = timeline_path(tli, _history(storage, archive, tli))
+        path = timeline_path(tli, history(storage, archive, tli))
         if on_path(path, base.end_timeline, base.end_lsn):
             return tli, path
     return base.end_timeline, timeline_path(
-        base.end_timeline, _history(storage, archive, base.end_timeline)
+        base.end_timeline, history(storage, archive, base.end_timeline)
     )
 
 
-def _history(storage: Storage, archive: WalArchive, tli: int) -> list[Switch]:
+def history(storage: Storage, archive: WalArchive, tli: int) -> list[Switch]:
+    """The switches of timeline `tli`'s history file; none when it has none (timeline 1)."""
     name = archive.histories.get(tli)
     if name is None:
         return []  # as PostgreSQL does: a timeline without history starts at the beginning
-    data, _ = read_archived(storage, archive.key(name))
+    data, _ = archive.read(storage, name)
     try:
         return parse_history(data.decode(), name)
     except (UnicodeDecodeError, ValueError) as exc:

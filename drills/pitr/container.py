@@ -26,7 +26,7 @@ import time
 import docker.errors
 
 from drills.config.errors import DrillError
-from drills.pitr.catalog import WalArchive, WalPlan, read_archived
+from drills.pitr.catalog import WalArchive, WalPlan
 from drills.runtime.labels import RunSession
 from drills.runtime.postgres import PostgresContainer
 from drills.storage import Storage
@@ -215,16 +215,14 @@ class WalFeed(threading.Thread):
             self._end()
 
     def _fetch(self, name: str) -> bytes:
-        key = self.archive.key(name)
-        data, manifest = read_archived(self.storage, key)
-        system = manifest.extra.get("system_identifier")
-        if system is not None and str(system) != self.plan.base.system_identifier:
-            raise DrillError(
-                f"{key}: from database system {system}, the base backup "
-                f"{self.plan.base.key} from {self.plan.base.system_identifier}"
-            )
+        data, _ = self.archive.read(self.storage, name, list(self.plan.path))
         if name in self.plan.segments:
-            read_header(data)  # raises on bytes that are not WAL at all
+            system = str(read_header(data).system_identifier)
+            if system != self.plan.base.system_identifier:
+                raise DrillError(
+                    f"{self.archive.key(name)}: from database system {system}, the base backup "
+                    f"{self.plan.base.key} from {self.plan.base.system_identifier}"
+                )
         return data
 
     def _asked(self) -> int:

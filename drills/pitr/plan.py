@@ -33,7 +33,6 @@ from drills.pitr.catalog import (
     list_base_backups,
     list_wal,
     plan_for,
-    read_archived,
 )
 from drills.pitr.container import (
     SCAN_DIR,
@@ -42,7 +41,14 @@ from drills.pitr.container import (
 )
 from drills.storage import Storage
 from drills.storage.manifest import manifest_key
-from drills.storage.walfile import format_lsn, lsn_segno, parse_lsn, parse_segment
+from drills.storage.walfile import (
+    format_lsn,
+    lsn_segno,
+    parse_lsn,
+    parse_segment,
+    segment_name,
+    timeline_of,
+)
 
 SCAN_BACK = 8
 _COMMIT = re.compile(
@@ -106,7 +112,11 @@ def survey(storage: Storage, base_prefix: str, wal_prefix: str) -> Survey:
         f"{b.key}: PostgreSQL {b.major}, not the newest's {major}: left out" for b in other
     ]
     if archive.unfinished:
-        problems.append(f"WAL uploads without a manifest (unfinished): {archive.unfinished[:3]}")
+        shown = ", ".join(archive.unfinished[:3]) + (" ..." if len(archive.unfinished) > 3 else "")
+        problems.append(
+            f"{len(archive.unfinished)} WAL files stored without a manifest of drill backup wal "
+            f"({shown}): each is checked by its compressed stream, its size and its first page"
+        )
     return Survey([b for b in bases if b.major == major], archive, problems)
 
 
@@ -141,8 +151,31 @@ class Window:
         """The window for people: '2025-01-15T02:00:01Z .. 2025-01-15T09:59:58Z'."""
         ranges = self.ranges()
         if not ranges:
-            return "empty (no base backup with continuous WAL and a commit after its end)"
+            return "empty (" + "; ".join(why_unusable(r) for r in self.stretches) + ")"
         return "; ".join(f"{iso(a)} .. {iso(b)} (exclusive)" for a, b in ranges)
+
+
+def why_unusable(r: Recoverable) -> str:
+    """Why a base backup holds no recoverable point, naming the segment that is missing."""
+    plan, base = r.plan, r.base
+    seg = base.segment_size
+    if not plan.consistent:
+        start = lsn_segno(base.start_lsn, seg)
+        number = parse_segment(plan.last, seg)[1] + 1 if plan.last else start
+        missing = plan.key(segment_name(timeline_of(list(plan.path), number, seg), number, seg))
+        what = "its first WAL segment" if number == start else "the first missing segment"
+        return (
+            f"{base.key}: {missing} is missing ({what}), before the backup's end "
+            f"{base.manifest.extra.get('end_wal') or format_lsn(base.end_lsn)}"
+        )
+    if r.end is None or r.end <= r.start:
+        last = plan.key(plan.last) if plan.last else "?"
+        return (
+            f"{base.key}: no transaction committed after it ended ({iso(r.start)}) in its WAL "
+            f"up to {last} (nothing written since, or not archived yet: drill heartbeat and "
+            "archive_timeout see to it)"
+        )
+    return f"{base.key}: recoverable"
 
 
 def measure_window(
@@ -177,7 +210,7 @@ def _newest_commit(
     for name in reversed(plan.segments[-SCAN_BACK:]):
         if parse_segment(name, seg)[1] < first:
             break
-        data, _ = read_archived(storage, archive.key(name))
+        data, _ = archive.read(storage, name, list(plan.path))
         container.put(SCAN_DIR, {name: data})
         result = container.sh(
             f"pg_waldump --rmgr=Transaction --path={SCAN_DIR} {name}; rm -f {SCAN_DIR}/{name}",
@@ -196,15 +229,19 @@ def _newest_commit(
 
 
 def choose_target(
-    window: Window, given: str | None, rng: random.Random | None = None
+    window: Window,
+    given: str | None,
+    rng: random.Random | None = None,
+    since: datetime | None = None,
 ) -> tuple[datetime, str]:
-    """The target time and where it came from ("given" or "random in the window")."""
+    """The target time and where it came from ("given" or "random in the window"); a random
+    one is drawn over the window from `since` (the promise's start) on."""
     if given:
         when = datetime.fromisoformat(given.replace("Z", "+00:00"))
         if when.tzinfo is None:
             raise ConfigError(f"[pitr] target {given!r} needs a UTC offset (Z or +02:00)")
         return when.astimezone(UTC), "given"
-    ranges = window.ranges()
+    ranges = [(max(a, since), b) for a, b in window.ranges() if since is None or b > since]
     if not ranges:
         raise DrillError(f"nothing can be recovered: the recoverable window is {window.describe()}")
     rng = rng or random.Random()
@@ -246,12 +283,9 @@ def recoverable_at(window: Window, target: datetime) -> Recoverable:
             f"first missing WAL segment; later ones are archived); {latest}; {span}"
         )
     if not r.plan.consistent:
-        raise DrillError(
-            f"{r.base.key}: its WAL is not archived up to its end "
-            f"({r.base.manifest.extra.get('end_wal')}); {span}"
-        )
+        raise DrillError(f"target {iso(target)} cannot be reached: {why_unusable(r)}; {span}")
     raise DrillError(
-        f"target {iso(target)} is after the newest archived commit ({latest}, in "
+        f"target {iso(target)} is at or after the newest archived commit ({latest}, in "
         f"{r.plan.key(r.end_segment or r.plan.last or '?')}); {span}"
     )
 
@@ -275,6 +309,27 @@ def database_name(config: Config) -> str:
     if not name:
         raise ConfigError("[pitr] database is not set (nor [database] name): what to check?")
     return name
+
+
+def since(text: str | None) -> datetime | None:
+    """An ISO-8601 setting with an offset (checked when the configuration loaded) as UTC."""
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def timeline_note(chosen: Recoverable, facts: dict[str, Any]) -> str:
+    """Which timeline the recovered point lies on, and the timelines replayed to reach it."""
+    plan = chosen.plan
+    on = facts.get("target_on_timeline")
+    along = ", ".join(str(t) for t in plan.timelines)
+    where = f"the target lies on timeline {on}" if on else "the target's timeline is unknown"
+    switches = [f"{s.tli} -> at {format_lsn(s.begin)}" for s in plan.path[1:]]
+    history = f" (switches: {'; '.join(switches)})" if switches else ""
+    return (
+        f"{where}; WAL replayed along timeline{'s' if len(plan.path) > 1 else ''} {along}{history},"
+        f" recovery_target_timeline = {plan.target_timeline}"
+    )
 
 
 def iso(when: datetime) -> str:

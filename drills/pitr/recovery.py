@@ -39,10 +39,11 @@ from drills.restore.common import Drain
 from drills.runtime.containers import ContainerNotReady
 from drills.storage import Storage
 from drills.storage.manifest import HashingReader
-from drills.storage.walfile import format_lsn, parse_lsn
+from drills.storage.walfile import format_lsn, parse_lsn, timeline_at
 
 CHUNK = 1 << 20
 BASE_TAR = "base.tar.gz"
+WAL_TAR = "pg_wal.tar.gz"
 PG_MANIFEST = "backup_manifest"
 PROBE_EVERY_S = 0.5
 
@@ -87,6 +88,7 @@ class Recovery:
         self.base = chosen.base
         self.facts: dict[str, Any] = {}
         self.stopped_before: datetime | None = None
+        self.has_manifest = True
         self.last_applied: datetime | None = None
         self._next_probe = 0.0
         self._go_at = datetime.now(UTC)
@@ -109,28 +111,35 @@ class Recovery:
         return left
 
     def restore_base(self) -> None:
-        """Stream the base backup into $PGDATA; its sha256 and size checked on the way."""
+        """Stream the base backup into $PGDATA (and the WAL it carries, as `pg_basebackup
+        -X stream` writes it, into pg_wal); sha256 and size checked on the way."""
         files = {f.path: f for f in self.base.files}
-        others = sorted(set(files) - {BASE_TAR, PG_MANIFEST})
-        if others or BASE_TAR not in files or PG_MANIFEST not in files:
+        others = sorted(set(files) - {BASE_TAR, WAL_TAR, PG_MANIFEST})
+        if others or BASE_TAR not in files:
             raise DrillError(
-                f"{self.base.key}: expected {BASE_TAR} and {PG_MANIFEST} only, found "
+                f"{self.base.key}: expected {BASE_TAR}, {PG_MANIFEST} and {WAL_TAR} only, found "
                 f"{', '.join(sorted(files))} (tablespaces are not supported by this drill)"
             )
         started = time.monotonic()
         self.container.sh(f'mkdir -p "$PGDATA" {WAL_DIR} {SCAN_DIR}', timeout=30)
-        manifest = self._read_checked(files[PG_MANIFEST])
-        self.container.put(WORK, {PG_MANIFEST: manifest})
-        read = self._untar(self.base.key + BASE_TAR, files[BASE_TAR])
+        self.has_manifest = PG_MANIFEST in files
+        if self.has_manifest:
+            manifest = self._read_checked(files[PG_MANIFEST])
+            self.container.put(WORK, {PG_MANIFEST: manifest})
+        read = self._untar(self.base.key + BASE_TAR, files[BASE_TAR], ".")
+        if WAL_TAR in files:
+            read += self._untar(self.base.key + WAL_TAR, files[WAL_TAR], "pg_wal")
         self.facts["base_restore_s"] = round(time.monotonic() - started, 3)
         self.facts["base_bytes"] = read
         self.feed.start()
 
-    def _untar(self, key: str, entry: Any) -> int:
+    def _untar(self, key: str, entry: Any, into: str) -> int:
         """storage -> sha256 -> `tar -xz` in the container; bounded; the root cause first."""
         reader = HashingReader(self.storage.open(key))
         proc = subprocess.Popen(
-            self.container.sh_argv('exec tar -xzf - -C "$PGDATA"'),
+            self.container.sh_argv(
+                'mkdir -p "$PGDATA/$1" && exec tar -xzf - -C "$PGDATA/$1"', into
+            ),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -184,6 +193,11 @@ class Recovery:
         self.container.sh(
             f'chown -R postgres:postgres "$PGDATA" {WORK} && chmod 700 "$PGDATA"', timeout=300
         )
+        if not self.has_manifest:
+            self.facts["verified"] = (
+                f"not verified: {self.base.key} has no {PG_MANIFEST} (taken with --no-manifest)"
+            )
+            return
         result = self.container.sh(
             f"pg_verifybackup --manifest-path={WORK}/{PG_MANIFEST} --wal-directory={WAL_DIR} "
             '"$PGDATA"',
@@ -267,6 +281,8 @@ class Recovery:
             end = parse_lsn(found["redo_end"].group(1))
             facts["redo_start_lsn"], facts["redo_end_lsn"] = format_lsn(start), format_lsn(end)
             facts["replayed_bytes"] = end - start
+            # the timeline that wrote the last record replayed: where the target lies
+            facts["target_on_timeline"] = timeline_at(list(self.chosen.plan.path), end)
         if found["redo_elapsed"]:
             facts["redo_elapsed_s"] = float(found["redo_elapsed"].group(1))
         if found["stopped_before"]:

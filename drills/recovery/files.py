@@ -2,18 +2,24 @@
 
 The runbook it carries out:
 
-1. plan: choose the snapshot (a key, or the latest), the owner and mode (`[files] owner` and
-   `mode`, else the replaced directory's owner and the snapshot's modes), check free space;
+1. plan: choose the snapshot (a key, or the latest; an empty one is refused), the owners and
+   modes (`[files] owner` and `mode` override; else the ones the snapshot records, else the
+   replaced directory's owner), check free space;
 2. restore with the drills' engine (`drills.restore.files.restore_files`: storage -> tar stream
-   -> a fresh labelled volume, every object hashed on the way);
+   -> a fresh labelled volume, every object hashed on the way, links written as links and
+   never followed, modes, owners, nanosecond times, empty directories and hard links kept);
 3. copy it into a sibling directory ``<dir>.restore_<ts>`` (same file system, so the swap is a
-   rename), give it the owner and mode;
-4. verify the sibling with the drills' check against the manifest (every file, its size and
-   sha256; missing and extra files named);
+   rename) with ``cp -a``, then apply the overrides; with ``--skip-damaged`` the files whose
+   bytes disagree with the manifest (or that the storage lost) are left out;
+4. verify the sibling with the drills' checks against the snapshot (every entry and every
+   fact it records: content, kind, link target, mode, owner, time, hard links);
 5. swap: an atomic exchange of the two directories (renameat2 RENAME_EXCHANGE; two renames
-   where the file system cannot), the previous directory kept as ``<dir>.before_<ts>``.
+   where the file system cannot), the previous directory, if there was one, kept as
+   ``<dir>.before_<ts>``.
 
-A failure before the swap removes the sibling and leaves the directory as it was.
+A failure before the swap removes the sibling and leaves the directory as it was. Damaged
+files stop the recovery, each named with the snapshots that share it and the newest snapshot
+that holds it intact; ``--skip-damaged`` restores everything else, lists them, and exits 1.
 """
 
 from __future__ import annotations
@@ -42,10 +48,12 @@ from drills.config.errors import ConfigError, DrillError
 from drills.record import DrillRecord
 from drills.recovery.common import Workspace, choose, describe_backup, need_space, size, stamp
 from drills.restore.files import check_files, landed_files, restore_files
+from drills.restore.tree_diff import dir_mode
 from drills.runtime import images
 from drills.runtime.labels import RunSession
-from drills.storage import Storage, catalog
+from drills.storage import LocalStorage, Storage, catalog
 from drills.storage.catalog import Backup
+from drills.storage.snapshot import ROOT, Snapshot
 
 HELPER_MAJOR = 15  # any image with bash, cp, find and sha256sum serves; ours is always there
 _AT_FDCWD = -100
@@ -72,32 +80,48 @@ class FilesPlan:
     owner_source: str
     mode: int | None
     free: int
+    exists: bool
+    """Whether there was a directory to replace when the plan was made."""
+    recorded: bool = False
+    """Whether the snapshot records owners and modes (else the plan's owner is given)."""
+    override: bool = False
+    """Whether `[files] owner` is set: the plan's owner for every entry."""
+    skip_damaged: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
-    def exists(self) -> bool:
-        """Whether there is a directory to replace."""
-        return self.target.exists()
+    def owner(self) -> tuple[int, int] | None:
+        """The owner every restored entry gets; None: each keeps the one recorded."""
+        return None if self.recorded and not self.override else (self.uid, self.gid)
 
     def lines(self, now: datetime) -> list[str]:
         """The plan for people."""
         manifest = self.backup.manifest
-        count = f"{len(manifest.files)} files in its manifest" if manifest else "no manifest"
+        listed = manifest is not None and bool(manifest.files)
+        count = f"{len(manifest.files)} files in its manifest" if listed else "no manifest"
+        against = "the manifest" if listed else "the stored snapshot (no manifest)"
         out = [
             f"  snapshot:   {describe_backup(self.backup, now)}",
             f"              chosen: {self.why}; {count}",
             f"  target:     {self.target}"
             + ("" if self.exists else " (does not exist yet: it is created)"),
-            f"  restore:    into {self.sibling}, checked against the manifest, then swapped in",
+            f"  restore:    into {self.sibling}, checked against {against}, then swapped in",
         ]
         if self.exists:
             out.append(f"  keeps:      the current directory as {self.kept}")
+        if self.skip_damaged:
+            out.append("  damaged:    files that fail their checksum are left out and listed")
         mode = (
-            f"files {self.mode:03o}, directories {_dir_mode(self.mode):03o}"
+            f"files {self.mode:03o}, directories {dir_mode(self.mode):03o}"
             if self.mode is not None
             else "the snapshot's"
         )
-        out.append(f"  owner:      {self.uid}:{self.gid} ({self.owner_source}); mode: {mode}")
+        who = (
+            f"{self.uid}:{self.gid} ({self.owner_source})"
+            if self.owner is not None
+            else "as recorded in the snapshot"
+        )
+        out.append(f"  owner:      {who}; mode: {mode}")
         out += [f"  note:       {note}" for note in self.notes]
         return out
 
@@ -112,15 +136,31 @@ class FilesOutcome:
     checks: int
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Damaged or lost files left out (--skip-damaged), each with where to take it from."""
 
 
 def plan_files(
-    config: Config, storage: Storage, to: str, *, key: str | None, now: datetime
+    config: Config,
+    storage: Storage,
+    to: str,
+    *,
+    key: str | None,
+    now: datetime,
+    skip_damaged: bool = False,
 ) -> FilesPlan:
     """Choose the snapshot and where it goes; change nothing."""
     backups = catalog.list_backups(storage, "files", config.storage.prefixes.files)
     backup, why = choose(backups, "files", key=key)
     manifest = backup.manifest  # a bad manifest stops the plan
+    if not backup.objects and not (manifest and manifest.files):
+        earlier = [b for b in backups if (b.taken_at, b.key) < (backup.taken_at, backup.key)]
+        hint = f" (--snapshot {max(earlier, key=lambda b: b.taken_at).key})" if earlier else ""
+        raise FilesRecoveryFailed(
+            f"{backup.key} holds no files (an empty snapshot: the uploads directory was empty "
+            f"or not mounted when it was taken); restoring it would replace the uploads with "
+            f"nothing. Choose an earlier snapshot{hint}; nothing was replaced"
+        )
     target = Path(to).absolute()
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--to {target}: exists and is not a directory")
@@ -132,7 +172,8 @@ def plan_files(
     if not target.parent.is_dir():
         raise ConfigError(f"--to {target}: its parent directory {target.parent} does not exist")
     settings = config.files
-    uid, gid, source = _owner(settings.owner if settings else None, target)
+    spec = settings.owner if settings else None
+    uid, gid, source = _owner(spec, target)
     mode = int(settings.mode, 8) if settings and settings.mode else None
     needed = manifest.bytes if manifest and manifest.bytes is not None else backup.size
     free = need_space(
@@ -153,6 +194,10 @@ def plan_files(
         owner_source=source,
         mode=mode,
         free=free,
+        exists=target.exists(),
+        recorded=bool(manifest and manifest.records_tree) or isinstance(storage, LocalStorage),
+        override=bool(spec),
+        skip_damaged=skip_damaged,
     )
     if manifest is None or not manifest.files:
         plan.notes.append(
@@ -178,18 +223,34 @@ def run_files(
                 client, session, storage, plan.backup, image=image, timeout=bound
             )
             timings["restore"] = restored.seconds
+            skipped = restored.unusable if plan.skip_damaged else []
             started = time.monotonic()
             say(f"copying into {plan.sibling}")
             _copy_in(client, session, image, restored.volume, plan, bound)
+            for path in skipped:
+                _drop(plan.sibling, path, restored.expected)
             timings["copy"] = time.monotonic() - started
             started = time.monotonic()
             record = DrillRecord("recovery")
             landed = landed_files(client, session, str(plan.sibling), image=image, timeout=bound)
-            check_files(record, plan.backup, restored, landed)
+            check_files(
+                record,
+                plan.backup,
+                restored,
+                landed,
+                owner=plan.owner,
+                mode=plan.mode,
+                skipped=skipped,
+            )
             timings["validate"] = time.monotonic() - started
             if record.failed_checks:
                 causes = "; ".join(f"{c.name}: {c.detail}" for c in record.failed_checks)
-                raise FilesRecoveryFailed(f"the restored copy failed verification: {causes}")
+                hint = (
+                    " (--skip-damaged restores the rest and lists them)"
+                    if restored.unusable and not plan.skip_damaged
+                    else ""
+                )
+                raise FilesRecoveryFailed(f"the restored copy failed verification: {causes}{hint}")
             say(f"verified: {len(record.checks)} checks passed ({len(landed)} files)")
             _swap(plan)
         except BaseException as exc:
@@ -202,10 +263,15 @@ def run_files(
     finally:
         if restored is not None:
             restored.remove()
-    notes = [n for n in record.notes if "integrity" in n]
-    return FilesOutcome(
+    notes = [n for n in record.notes if "integrity" in n or "outside the snapshot" in n]
+    outcome = FilesOutcome(
         plan, len(landed), restored.bytes_read, len(record.checks), timings, notes=notes
     )
+    for path in skipped:
+        cause = restored.damaged.get(path) or restored.missing.get(path, "")
+        trace = restored.traces.get(path)
+        outcome.skipped.append(f"{path} ({cause}; {trace.words() if trace else 'not traced'})")
+    return outcome
 
 
 def summary(outcome: FilesOutcome) -> list[str]:
@@ -215,7 +281,7 @@ def summary(outcome: FilesOutcome) -> list[str]:
         f"restored {plan.target} from {plan.backup.key}: {outcome.files} files, "
         f"{size(outcome.bytes)}; {outcome.checks} checks passed"
     ]
-    if plan.exists or plan.kept.exists():
+    if plan.exists:
         lines.append(
             f"the previous directory is kept as {plan.kept}; remove it when you are sure: "
             f"rm -rf '{plan.kept}'"
@@ -224,6 +290,12 @@ def summary(outcome: FilesOutcome) -> list[str]:
             "processes that hold the old directory open (a running container's bind mount, "
             "a chdir) still see it until they are restarted"
         )
+    if outcome.skipped:
+        lines.append(
+            f"NOT restored: {len(outcome.skipped)} damaged or lost files, left out "
+            "(--skip-damaged); take each from the snapshot named:"
+        )
+        lines += [f"  {line}" for line in outcome.skipped]
     lines += [f"note: {note}" for note in outcome.notes]
     return lines
 
@@ -254,11 +326,6 @@ def _owner(spec: str | None, target: Path) -> tuple[int, int, str]:
     return os.getuid(), os.getgid(), "this user's, as [files] owner is unset"
 
 
-def _dir_mode(mode: int) -> int:
-    """A directory's mode for a file mode: x wherever r is (640 -> 750)."""
-    return mode | ((mode & 0o444) >> 2)
-
-
 def _copy_in(
     client: docker.DockerClient,
     session: RunSession,
@@ -272,13 +339,15 @@ def _copy_in(
         plan.sibling.mkdir(mode=0o700)
     except OSError as exc:
         raise FilesRecoveryFailed(f"{plan.sibling}: cannot create it: {exc.strerror}") from None
-    top = stat.S_IMODE(plan.target.stat().st_mode) if plan.exists else 0o755
-    script = ["set -euo pipefail", "cp -a /from/. /to/", f"chown -R {plan.uid}:{plan.gid} /to"]
+    script = ["set -euo pipefail", "cp -a /from/. /to/"]
+    if plan.owner is not None:
+        script.append(f"chown -R -h {plan.owner[0]}:{plan.owner[1]} /to")
     if plan.mode is not None:
-        top = _dir_mode(plan.mode)
         script.append(f"find /to -type f -exec chmod {plan.mode:o} {{}} +")
-        script.append(f"find /to -type d -exec chmod {top:o} {{}} +")
-    script.append(f"chmod {top:o} /to")
+        script.append(f"find /to -type d -exec chmod {dir_mode(plan.mode):o} {{}} +")
+    elif not plan.recorded:
+        top = stat.S_IMODE(plan.target.stat().st_mode) if plan.exists else 0o755
+        script.append(f"chmod {top:o} /to")
     try:
         container = client.containers.run(
             image,
@@ -346,6 +415,27 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(a))
+
+
+def _drop(root: Path, path: str, want: Snapshot) -> None:
+    """Remove one file left out (damaged) from the restored copy, through directory handles
+    that never follow a link, and give its directory back the time the snapshot records."""
+    *parents, name = path.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parents:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)
+        parent = want.entries.get("/".join(parents) or ROOT)
+        if parent is not None and parent.mtime_ns is not None:
+            os.utime(fd, ns=(parent.mtime_ns, parent.mtime_ns))
+    except FileNotFoundError:
+        pass  # its directory was not restored either
+    finally:
+        os.close(fd)
 
 
 def _remove_tree(path: Path) -> None:

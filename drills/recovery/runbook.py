@@ -264,9 +264,10 @@ def _files_step(config: Config, last: dict[str, Any] | None, cfg: str) -> list[s
         f"drill restore files{cfg} --to {shlex.quote(uploads)}",
         "```",
         "",
-        "Restored beside the directory, checked against the manifest, then swapped in; the",
-        "previous directory is kept as `<dir>.before_<timestamp>`. Restart whatever mounts it",
-        "(a container's bind mount keeps seeing the old directory).",
+        "Restored beside the directory, checked against the snapshot on every fact it records",
+        "(links as links, modes, owners, times; checksums when it has a manifest), then swapped",
+        "in; the previous directory, if there is one, is kept as `<dir>.before_<timestamp>`.",
+        "Restart whatever mounts it (a container's bind mount keeps seeing the old directory).",
         "",
         *_times(last, "files", config.targets.rto.files),
     ]
@@ -278,7 +279,8 @@ def _config_step(config: Config, last: dict[str, Any] | None, cfg: str) -> list[
         f"drill restore config{cfg} --to restored-config",
         "```",
         "",
-        "Into a new directory, files mode 600, never over existing files (unless `--overwrite`).",
+        "Into a new directory (mode 700), each file with its archived mode and time, links as",
+        "links, never over existing files (unless `--overwrite`).",
         "Then compare each with what is there and copy it into place:",
         "",
     ]

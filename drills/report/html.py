@@ -23,6 +23,7 @@ from drills.config.schema import redact_text
 from drills.report import charts, evidence
 from drills.report.charts import duration
 from drills.report.targets import recovered, share_text, target_row
+from drills.report.window import window_svg
 
 REPORT = "drill-report.html"
 HISTORY_RUNS = 30
@@ -205,6 +206,7 @@ def _drill_view(drill: dict) -> dict[str, Any]:
         timeline=charts.timeline_svg(
             drill.get("phases") or {}, rto.get("measured_s"), rto.get("target_s")
         ),
+        window=window_svg(drill.get("pitr")),
         backups=[
             _backup_view(name, b, drill.get("started_at"), read_sha if name == "backup" else None)
             for name, b in backups.items()

@@ -3,8 +3,11 @@
 The same engine serves drills and real recoveries. The archive streams from storage (hashed on
 the way) through `gpg --decrypt` when it is encrypted, then through gzip to its clean end of
 stream (CRC and length checked) into a tar reader that writes each member into a private
-temporary directory (mode 700). Members that would land outside it (absolute paths, "..") are
-refused; links and devices are not created.
+temporary directory (mode 700). Members that would land outside it (absolute paths, "..", or
+below a link of the archive) are refused. Links are recorded, never created or followed there
+(a recovery writes them as links); each file's mode, owner and time (to the nanosecond, from a
+pax header) are recorded as archived; a hard link to an earlier member is that member's bytes;
+devices and fifos are skipped and named.
 
 Secrets: the passphrase is read from the environment variable that `[config] passphrase_env`
 names and reaches gpg through a pipe (`--passphrase-fd`), never a command line, a file or a
@@ -21,6 +24,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -41,6 +45,7 @@ from drills.runtime.gpg import private_home
 from drills.storage import Storage
 from drills.storage.catalog import Backup
 from drills.storage.manifest import HashingReader
+from drills.storage.snapshot import DIR, LINK, Entry
 
 CHUNK = 1 << 20
 SHOWN = 10
@@ -55,10 +60,15 @@ class ConfigRestoreError(DrillError):
 
 @dataclass(frozen=True)
 class Member:
-    """One extracted member: its size and sha256 (never its content)."""
+    """One extracted member: its size and sha256 (never its content), and its mode, owner and
+    time as archived."""
 
     size: int
     sha256: str
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
 
 
 @dataclass
@@ -67,6 +77,10 @@ class RestoredConfig:
 
     directory: Path
     members: dict[str, Member] = field(default_factory=dict)
+    links: dict[str, Entry] = field(default_factory=dict)
+    """Symlinks by name, with their targets: recorded, never created in the private directory."""
+    directories: dict[str, Entry] = field(default_factory=dict)
+    """Directories the archive holds, with their mode, owner and time."""
     skipped: list[str] = field(default_factory=list)
     bytes_read: int = 0
     sha256: str = ""
@@ -75,6 +89,11 @@ class RestoredConfig:
     def path(self, member: str) -> Path:
         """Where an extracted member is, inside the private directory."""
         return self.directory.joinpath(*PurePosixPath(member).parts)
+
+    @property
+    def names(self) -> list[str]:
+        """Every file and link the archive holds, by name (what a recovery writes)."""
+        return sorted({*self.members, *self.links})
 
 
 def restore_config(
@@ -96,7 +115,7 @@ def archive_names(
     """The file names an archive holds, read by restoring it privately (the directory is
     removed at once): the listing of an archive that has no manifest."""
     with restore_config(storage, backup, passphrase_env=passphrase_env, timeout=timeout) as r:
-        return sorted(r.members)
+        return r.names
 
 
 class Secret:
@@ -126,8 +145,15 @@ def check_config(
     backup: Backup,
     restored: RestoredConfig,
     required: tuple[str, ...] = (),
+    *,
+    paths: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
 ) -> None:
-    """Record the checks of a restored archive: names and counts only, never a value."""
+    """Record the checks of a restored archive: names and counts only, never a value.
+
+    Every configured path not `optional` must be in the archive as what it was when archived
+    (the manifest says; without one, present at all); every `required` name must be there as
+    a file, or as a link to a file the archive holds."""
     manifest = backup.manifest
     if manifest is not None and (manifest.sha256 or manifest.bytes is not None):
         record.check(
@@ -147,16 +173,29 @@ def check_config(
     record.check(
         "archive holds files",
         bool(names),
-        f"{len(names)} file(s)" if names else "the archive holds no files",
+        f"{len(names)} file(s), {len(restored.links)} link(s)"
+        if names
+        else "the archive holds no files",
     )
     if restored.skipped:
-        record.notes.append(f"links and special files not restored: {_names(restored.skipped)}")
+        record.notes.append(f"special files not restored: {_names(restored.skipped)}")
+    wanted = [p for p in paths if p not in optional]
+    if wanted:
+        problems = _path_problems(wanted, restored, manifest)
+        record.check(
+            "every configured path is in the archive, as what it was",
+            not problems,
+            "; ".join(problems[:SHOWN])
+            + (f" and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
+            if problems
+            else f"{len(wanted)} of {len(wanted)} ([config] paths, optional ones aside)",
+        )
     if required:
-        missing = [r for r in required if not any(_matches(r, name) for name in names)]
+        problems = _required_problems(required, restored)
         record.check(
             "required files are present",
-            not missing,
-            f"missing: {', '.join(missing)}" if missing else f"present: {', '.join(required)}",
+            not problems,
+            "; ".join(problems) if problems else f"present: {', '.join(required)}",
         )
     env_files = [name for name in names if is_env_file(name)]
     for name in env_files:
@@ -170,12 +209,87 @@ def check_config(
     if not env_files:
         record.notes.append("no .env-style file in the archive: nothing to parse")
     if manifest is not None and manifest.members:
-        _members_against_manifest(record, restored, manifest.members)
+        _members_against_manifest(record, restored, manifest)
     else:
         record.notes.append(
             f"{backup.key}: no member checksums in a manifest: the extracted files could not "
             "be compared with what was archived"
         )
+
+
+def _path_problems(paths: list[str], restored: RestoredConfig, manifest) -> list[str]:
+    """Each configured path missing from the archive, or there as another kind of object."""
+    recorded = {p.path: p.kind for p in manifest.paths} if manifest is not None else {}
+    problems = []
+    for listed in paths:
+        kind = _kind_in(_normal(listed), restored)
+        was = recorded.get(listed)
+        if kind is None:
+            problems.append(f"missing from the archive: {listed}")
+        elif was not in (None, "missing", kind):
+            problems.append(f"{listed}: {_a(kind)} in the archive, {_a(was)} when archived")
+    return problems
+
+
+def _required_problems(required: tuple[str, ...], restored: RestoredConfig) -> list[str]:
+    """Each required name that is not archived as a file, or as a link to an archived file."""
+    missing, dangling = [], []
+    for wanted in required:
+        found = [n for n in restored.names if _matches(wanted, n)]
+        if not found:
+            missing.append(wanted)
+        elif all(_resolve(n, restored) is None for n in found):
+            link = restored.links[found[0]]
+            dangling.append(
+                f"{link.path}: a link to {link.target}, which the archive does not hold"
+            )
+    return ([f"missing: {', '.join(missing)}"] if missing else []) + dangling
+
+
+def _kind_in(name: str, restored: RestoredConfig) -> str | None:
+    """What the archive holds at `name` (or a name ending with it, or that it ends with: an
+    archive made with relative paths): "file", "link", "dir", or None."""
+    for names, kind in ((restored.members, "file"), (restored.links, "link")):
+        if any(_same(name, n) for n in names):
+            return kind
+    below = [*restored.members, *restored.links, *restored.directories]
+    if any(_same(name, n) for n in restored.directories) or any(
+        _same(name, "/".join(n.split("/")[:i])) for n in below for i in range(1, n.count("/") + 1)
+    ):
+        return "dir"
+    return None
+
+
+def _same(configured: str, member: str) -> bool:
+    return (
+        configured == member
+        or member.endswith("/" + configured)
+        or configured.endswith("/" + member)
+    )
+
+
+def _resolve(name: str, restored: RestoredConfig) -> str | None:
+    """The archived file a name ends at, following the archive's own links (8 at most)."""
+    for _ in range(8):
+        link = restored.links.get(name)
+        if link is None:
+            break
+        target = link.target or ""
+        joined = (
+            target.lstrip("/")
+            if target.startswith("/")
+            else posixpath.join(posixpath.dirname(name), target)
+        )
+        name = posixpath.normpath(joined)
+    return name if name in restored.members else None
+
+
+def _normal(path: str) -> str:
+    return "/".join(PurePosixPath(path.lstrip("/")).parts)
+
+
+def _a(kind: str) -> str:
+    return {"file": "a file", "link": "a link", "dir": "a directory"}.get(kind, kind)
 
 
 def is_env_file(name: str) -> bool:
@@ -210,8 +324,8 @@ def _matches(required: str, member: str) -> bool:
     return member == wanted or member.endswith("/" + wanted)
 
 
-def _members_against_manifest(record: DrillRecord, restored: RestoredConfig, members) -> None:
-    expected = {entry.path.lstrip("/"): entry for entry in members}
+def _members_against_manifest(record: DrillRecord, restored: RestoredConfig, manifest) -> None:
+    expected = {entry.path.lstrip("/"): entry for entry in manifest.members}
     found = restored.members
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
@@ -233,6 +347,33 @@ def _members_against_manifest(record: DrillRecord, restored: RestoredConfig, mem
         not problems,
         "; ".join(problems) or f"{len(expected)} members, sha256 and size equal",
     )
+    if manifest.paths or manifest.links:
+        differ = _facts_differ(restored, expected, manifest.links)
+        record.check(
+            "links, modes, owners and times equal the manifest's",
+            not differ,
+            f"differ: {_names(differ)}" if differ else f"{len(manifest.links)} links, every member",
+        )
+
+
+def _facts_differ(restored: RestoredConfig, expected: dict, links) -> list[str]:
+    said = []
+    for path, entry in expected.items():
+        got = restored.members.get(path)
+        if got is None:
+            continue
+        for fact in ("mode", "uid", "gid", "mtime_ns"):
+            want = getattr(entry, fact)
+            if want is not None and getattr(got, fact) != want:
+                said.append(f"{path} ({fact} {getattr(got, fact)}, archived {want})")
+                break
+    for link in links:
+        got = restored.links.get(link.path.lstrip("/"))
+        if got is None:
+            said.append(f"{link.path} (link missing)")
+        elif got.target != link.target:
+            said.append(f"{link.path} (a link to {got.target!r}, archived {link.target!r})")
+    return said
 
 
 def _names(names: list[str]) -> str:
@@ -444,9 +585,32 @@ def _member(key: str, tar: tarfile.TarFile, member: tarfile.TarInfo, restored: R
     if not path.parts:
         return  # the archive's own "./"
     name = "/".join(path.parts)
+    for i in range(1, len(path.parts)):
+        if "/".join(path.parts[:i]) in restored.links:
+            raise ConfigRestoreError(
+                f"{key}: member {name!r} lies below the link {'/'.join(path.parts[:i])!r}: "
+                "extracting it would write where the link points; refused"
+            )
     target = restored.directory.joinpath(*path.parts)
+    facts = {
+        "uid": member.uid,
+        "gid": member.gid,
+        "mtime_ns": _mtime_ns(member),
+    }
     if member.isdir():
         _write_guard(name, lambda: target.mkdir(mode=0o700, parents=True, exist_ok=True))
+        restored.directories[name] = Entry(name, DIR, mode=member.mode, **facts)
+        return
+    if member.issym():
+        restored.links[name] = Entry(name, LINK, target=member.linkname, **facts)
+        return
+    if member.islnk():
+        first = "/".join(PurePosixPath(member.linkname).parts)
+        if first not in restored.members:
+            restored.skipped.append(f"{name} (a hard link to {first}, which is not archived)")
+            return
+        _write_guard(name, lambda: _copy_member(restored.path(first), target))
+        restored.members[name] = restored.members[first]
         return
     if not member.isfile():
         restored.skipped.append(name)
@@ -465,7 +629,26 @@ def _member(key: str, tar: tarfile.TarFile, member: tarfile.TarInfo, restored: R
             digest.update(block)
             size += len(block)
             _write_guard(name, lambda b=block: out.write(b))
-    restored.members[name] = Member(size, digest.hexdigest())
+    restored.members[name] = Member(size, digest.hexdigest(), mode=member.mode, **facts)
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's time to the nanosecond: a pax header's exact text, else the header's."""
+    text = member.pax_headers.get("mtime")
+    if text:
+        negative = text.startswith("-")
+        seconds, _, fraction = text.lstrip("-").partition(".")
+        with contextlib.suppress(ValueError):
+            value = int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
+            return -value if negative else value
+    return int(member.mtime * 1_000_000_000)
+
+
+def _copy_member(source: Path, target: Path) -> None:
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as stream:
+        shutil.copyfileobj(stream, out, CHUNK)
 
 
 def _write_guard(name: str, action):

@@ -48,6 +48,11 @@ class Storage(Protocol):
         """Every object whose key starts with `prefix`, at any depth."""
         ...
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The folders directly under `prefix` (each ending in '/'), empty ones included
+        where the store keeps them (a directory; an S3 folder marker)."""
+        ...
+
     def open(self, key: str) -> BinaryIO:
         """A streaming reader of the object (not read into memory)."""
         ...

@@ -8,6 +8,16 @@ scripts (no manifests) are drillable as they are:
   is a directory holding ``toc.dat`` (``<db>_<TS>.dir/`` or ``<db>_<TS>/``).
 - files (``files/``): snapshot directories ``files/<YYYYMMDD_HHMMSS>/``; ``files/current``
   (a symlink locally, a marker object or a synced copy on S3) is the live mirror, not a backup.
+  An empty snapshot is a snapshot too, and when it is the newest it is the latest: an empty
+  dated directory (``cp -al`` of an uploads directory whose mount had vanished), an S3 folder
+  marker, or a manifest whose snapshot holds nothing. Skipping it would drill the one before
+  and hide the finding.
+  On an object store, objects under ``files/`` in no dated snapshot (not ``current``, not a
+  manifest) are the runbook's off-site copy, ``aws s3 sync <dir>/current/ s3://<bucket>/files/
+  --delete``: one flat mirror, one backup (key ``files/``, format ``mirror``). A sync that
+  changed nothing leaves no trace, so the mirror is at most as old as its newest object
+  (LastModified): that is its time, conservatively, unless ``drill backup files --mirror``
+  left a sync marker (``files/.drill-mirror.json``) after a later sync.
 - config (``config/``): ``config_<YYYYMMDD_HHMMSS>.tar.gz``, optionally ``.gpg``.
 
 When a backup was taken: its manifest's ``started_at`` when it has one (a dump is consistent
@@ -30,6 +40,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +50,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drills.config.errors import ConfigError, DrillError, IntegrityError, StorageError
-from drills.storage import ObjectInfo, Storage
+from drills.storage import LocalStorage, ObjectInfo, Storage
 from drills.storage.manifest import SUFFIX, Manifest, manifest_key
 
 DEFAULT_PREFIXES = {"database": "database/", "files": "files/", "config": "config/"}
@@ -52,6 +64,13 @@ _DB_DIR = re.compile(rf"^(?P<db>.+)_{_TS}(?:\.dir)?$")
 _SNAPSHOT = re.compile(rf"^{_TS}$")
 _CONFIG = re.compile(r"^.+(?P<ext>\.tar\.gz|\.tgz|\.tar\.zst|\.tar)(?P<gpg>\.gpg)?$")
 _CONFIG_TS = re.compile(rf"_{_TS}\.")
+
+MIRROR = "mirror"
+MIRROR_MARKER = ".drill-mirror.json"
+"""The sync marker `drill backup files --mirror` writes under the files prefix."""
+HARNESS = ".drill-"
+"""How the harness' own objects beside backups are named (locks, the sync marker)."""
+_DATED = re.compile(r"^\d{8}_\d{6}(?:$|[._-])")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A name may be a little after the write time (a script stamping after the file is done);
@@ -99,6 +118,8 @@ class Backup:
     directory's objects)."""
     time_note: str | None = None
     """Why `taken_at` is not the name's time, when it is not."""
+    objects: int = 0
+    """How many objects the backup is made of (0: an empty snapshot)."""
 
     @property
     def manifest(self) -> Manifest | None:
@@ -124,8 +145,11 @@ class _Candidate:
     encrypted: bool = False
     database: str | None = None
     storage_class: str | None = None
+    objects: int = 0
+    marker: ObjectInfo | None = None
 
     def add(self, info: ObjectInfo) -> None:
+        self.objects += 1
         self.size += info.size
         self.modified = max(self.modified, info.modified)
         self.storage_class = self.storage_class or info.storage_class
@@ -151,6 +175,12 @@ def list_backups(
     objects = [info for info in infos if not info.key.endswith(SUFFIX)]
     group = {"database": _databases, "files": _snapshots, "config": _configs}[kind]
     candidates = group(objects, prefix, manifests)
+    if kind == "files":
+        candidates += _empty_snapshots(storage, prefix, candidates, manifests)
+        if isinstance(storage, LocalStorage):
+            _snapshot_write_times(storage, candidates)
+        else:
+            candidates += _mirror(objects, prefix, manifests)
     if not candidates:
         raise StorageError(f"no {kind} backups under {storage.url.rstrip('/')}/{prefix}")
     with ThreadPoolExecutor(max_workers=min(8, len(candidates))) as pool:
@@ -243,6 +273,99 @@ def _snapshots(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> l
     return list(found.values())
 
 
+def _empty_snapshots(
+    storage: Storage, prefix: str, found: list[_Candidate], manifests: set[str]
+) -> list[_Candidate]:
+    """Snapshots that hold no object: empty dated folders, and manifests of snapshots whose
+    folder holds nothing."""
+    known = {c.key for c in found}
+    keys = set(storage.folders(prefix))
+    keys |= {m[: -len(SUFFIX)] + "/" for m in manifests if "/" not in m[len(prefix) : -len(SUFFIX)]}
+    empty = []
+    for key in sorted(keys - known):
+        top = key[len(prefix) : -1]
+        match = _SNAPSHOT.match(top)
+        if top == "current" or (match is None and manifest_key(key) not in manifests):
+            continue
+        empty.append(
+            _Candidate(key, name_time=_name_time(match["ts"] if match else None), format="snapshot")
+        )
+    return empty
+
+
+def in_mirror(rel: str, prefix: str, manifests: set[str]) -> bool:
+    """Whether the object `rel` (relative to the files prefix) belongs to the flat mirror
+    rather than to a dated snapshot (a unique suffix after its stamp too), ``current``, a
+    manifest, or the harness' own objects (a producer's lock, the sync marker)."""
+    top, sep, _ = rel.partition("/")
+    if top.startswith(HARNESS) or rel == "current" or rel.endswith(SUFFIX):
+        return False  # the producers' lock, the sync marker, a manifest
+    if not sep:
+        return True
+    dated = _DATED.match(top) is not None or manifest_key(f"{prefix}{top}/") in manifests
+    return not (dated or top == "current")
+
+
+def mirror_objects(storage: Storage, prefix: str) -> list[ObjectInfo]:
+    """The objects of the flat mirror under the files `prefix` (see `in_mirror`)."""
+    infos = list(storage.list(prefix))
+    manifests = {info.key for info in infos if info.key.endswith(SUFFIX)}
+    return [i for i in infos if in_mirror(i.key[len(prefix) :], prefix, manifests)]
+
+
+def _mirror(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
+    mirror = _Candidate(prefix, format=MIRROR)
+    for info in objects:
+        if in_mirror(info.key[len(prefix) :], prefix, manifests):
+            mirror.add(info)
+    mirror.marker = next((i for i in objects if i.key == prefix + MIRROR_MARKER), None)
+    return [mirror] if mirror.objects else []
+
+
+def _mirror_time(storage: Storage, c: _Candidate) -> tuple[datetime, str, str]:
+    """(taken_at, source, note) of a mirror: its newest object's LastModified, or its sync
+    marker's time when that is later (the marker is written only after a sync finished)."""
+    newest = c.modified
+    synced = None
+    problem = ""
+    if c.marker is not None:
+        try:
+            document = json.loads(storage.read_bytes(c.marker.key))
+            synced = datetime.fromisoformat(document["synced_at"]).astimezone(UTC)
+        except (DrillError, ValueError, KeyError, TypeError) as exc:
+            problem = f"; its sync marker {c.marker.key} is unreadable ({exc}), so it was not used"
+    if synced is not None and synced > newest:
+        return (
+            synced,
+            "sync marker",
+            (
+                f"a mirror (aws s3 sync): synced at {_iso(synced)} by its sync marker "
+                f"{c.marker.key if c.marker else ''}; its newest object is from {_iso(newest)}"
+            ),
+        )
+    return (
+        newest,
+        "newest LastModified",
+        (
+            f"a mirror (aws s3 sync) with no dated snapshots: its time is its newest object's "
+            f"({_iso(newest)}), so it is at most that old (a sync that changed nothing leaves no "
+            f"trace): RPO and freshness are measured conservatively{problem}"
+        ),
+    )
+
+
+def _snapshot_write_times(storage: LocalStorage, candidates: list[_Candidate]) -> None:
+    """A local snapshot was written when its directory was made (its ctime): its files keep
+    the uploads' own times (rsync -a, cp -al), which say nothing of when it was taken."""
+    for c in candidates:
+        try:
+            made = os.lstat(storage.root.joinpath(*c.key.rstrip("/").split("/"))).st_ctime
+        except OSError:
+            c.modified = _EPOCH  # only its manifest is left
+            continue
+        c.modified = datetime.fromtimestamp(made, UTC)
+
+
 def _configs(objects: list[ObjectInfo], prefix: str, manifests: set[str]) -> list[_Candidate]:
     found = []
     for info in objects:
@@ -286,6 +409,9 @@ def _backup(
     if manifest is not None:
         taken_at, source = manifest.started_at, "manifest"
         fmt, compression, encrypted = manifest.format, manifest.compression, manifest.encrypted
+    elif c.format == MIRROR:
+        taken_at, source, note = _mirror_time(storage, c)
+        fmt, compression, encrypted = c.format, c.compression, c.encrypted
     else:
         taken_at, source, note = _time_without_manifest(name_time, written, zone)
         fmt, compression, encrypted = c.format, c.compression, c.encrypted
@@ -306,6 +432,7 @@ def _backup(
         name_time=name_time,
         written_at=written,
         time_note=note,
+        objects=c.objects,
     )
 
 

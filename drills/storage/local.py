@@ -59,6 +59,18 @@ class LocalStorage:
                 found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         yield from sorted(found, key=lambda info: info.key)
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The directories directly under `prefix` (not symlinks to one), empty ones too."""
+        start = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        try:
+            with os.scandir(start) as found:
+                names = [e.name for e in found if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._error(prefix, exc) from None
+        return sorted(f"{prefix}{name}/" for name in names)
+
     def open(self, key: str) -> BinaryIO:
         """The file, opened for binary reading."""
         try:

@@ -8,6 +8,15 @@ the snapshot itself holds only the user's files and a restore copies nothing ext
 Times are aware UTC datetimes, written as ISO 8601 with a ``Z``. Fields a newer producer adds
 are kept in `Manifest.extra`, so an older harness can still read its manifests.
 
+A files snapshot's or a config archive's tree (see `drills.storage.snapshot`): `files` (or
+`members`) are its regular files, each with its mode and, since the tree is recorded, its
+owner, its modification time in nanoseconds and the first path of its inode when it is a hard
+link; `links` are its symlinks with their targets, `directories` every directory (the
+snapshot's own as "."), and for a config archive `paths` what each configured path was when
+it was archived. The new fields are optional and left out when empty: an older harness reads
+the same `files` it always did (and keeps the rest in `extra`), a newer one reads an older
+manifest as one that does not record the tree.
+
 Example::
 
     from drills.storage.manifest import HashingReader, Manifest
@@ -52,21 +61,65 @@ class TableCount:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a files snapshot."""
+    """One regular file of a files snapshot; `hardlink` names the first path (in tree order)
+    of the same inode when this is a second name of it."""
 
     path: str
     size: int
     mode: int
     sha256: str
+    mtime_ns: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    hardlink: str | None = None
 
 
 @dataclass(frozen=True)
 class MemberEntry:
-    """One member of a config archive."""
+    """One regular file of a config archive."""
 
     path: str
     size: int
     sha256: str
+    mode: int | None = None
+    mtime_ns: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class LinkEntry:
+    """One symlink of a snapshot or an archive: its target as written, never followed."""
+
+    path: str
+    target: str
+    mtime_ns: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One directory of a snapshot or an archive ("." is the snapshot's own)."""
+
+    path: str
+    mode: int
+    mtime_ns: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    """One configured path of a config archive and what it was when archived: "file",
+    "link", "dir", or "missing" (an optional path that was not there)."""
+
+    path: str
+    kind: str
+
+
+OPTIONAL_LISTS = ("links", "directories", "paths")
+"""Fields left out of the JSON when empty, so manifests without a tree look as before."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +140,29 @@ class Manifest:
     tables: tuple[TableCount, ...] = ()
     files: tuple[FileEntry, ...] = ()
     members: tuple[MemberEntry, ...] = ()
+    links: tuple[LinkEntry, ...] = ()
+    directories: tuple[DirEntry, ...] = ()
+    paths: tuple[PathEntry, ...] = ()
     encrypted: bool = False
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def records_tree(self) -> bool:
+        """Whether the manifest records the whole tree (links, directories, owners, times):
+        the snapshot's own directory is always listed when it does."""
+        return bool(self.directories)
 
     def to_json(self) -> str:
         """The manifest as indented JSON (times in UTC with a trailing Z)."""
         data: dict[str, Any] = {"schema": SCHEMA}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in OPTIONAL_LISTS and not value:
+                continue
             if isinstance(value, datetime):
                 value = _iso(value)
             elif isinstance(value, tuple):
-                value = [{k.name: getattr(item, k.name) for k in fields(item)} for item in value]
+                value = [_item(item) for item in value]
             data[f.name] = value
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
@@ -157,6 +221,9 @@ class _Parser:
             tables=self.entries("tables", TableCount),
             files=self.entries("files", FileEntry),
             members=self.entries("members", MemberEntry),
+            links=self.entries("links", LinkEntry),
+            directories=self.entries("directories", DirEntry),
+            paths=self.entries("paths", PathEntry),
             encrypted=self.flag("encrypted", d.get("encrypted", False)),
             extra=extra,
         )
@@ -179,7 +246,12 @@ class _Parser:
                     if f.default is not MISSING:
                         continue
                     raise ManifestError(f"{self.source}: {where} has no {f.name!r}")
-                values[f.name] = checks[str(f.type)](f"{where}.{f.name}", item[f.name])
+                kind, optional = str(f.type).removesuffix(" | None"), str(f.type).endswith("None")
+                value = item[f.name]
+                if value is None and optional:
+                    continue
+                check = self.integer if f.name == "mtime_ns" else checks[kind]  # before 1970 too
+                values[f.name] = check(f"{where}.{f.name}", value)
             out.append(cls(**values))
         return tuple(out)
 
@@ -191,6 +263,11 @@ class _Parser:
     def count(self, name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.wrong(name, "a non-negative integer", value)
+        return value
+
+    def integer(self, name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.wrong(name, "an integer", value)
         return value
 
     def flag(self, name: str, value: Any) -> bool:
@@ -276,6 +353,15 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while block := stream.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _item(item: Any) -> dict[str, Any]:
+    """An entry as JSON: its optional facts left out when unknown."""
+    return {
+        f.name: getattr(item, f.name)
+        for f in fields(item)
+        if getattr(item, f.name) is not None or f.default is MISSING
+    }
 
 
 def _iso(when: datetime) -> str:

@@ -120,6 +120,20 @@ class S3Storage:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._error(exc) from None
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The common prefixes directly under `prefix` (folder markers give empty ones)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        strip = len(self.prefix)
+        found = []
+        try:
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix, Delimiter="/"
+            ):
+                found += [item["Prefix"][strip:] for item in page.get("CommonPrefixes", ())]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc) from None
+        return sorted(found)
+
     def open(self, key: str) -> BinaryIO:
         """The object's body as botocore's streaming reader (never read into memory here)."""
         try:

@@ -7,6 +7,11 @@ history files (``00000002.history``) and backup history files
 halves of a name depends on the cluster's segment size, which every segment states in its
 first page header; so does the system identifier that tells two clusters apart.
 
+Archives hold these files as people's `archive_command` or `pg_receivewal` left them:
+compressed (``.gz``, ``.zst``, ``.lz4``) or partial (``.partial``: the last, unfinished
+segment of a timeline a promoted standby archives, or the segment `pg_receivewal` is still
+writing). `archived_name` reads such a name as the WAL file it holds.
+
     >>> segment_name(1, 3, 16 * 1024 * 1024)
     '000000010000000000000003'
     >>> parse_segment('00000001000000010000000A', 16 * 1024 * 1024)
@@ -24,6 +29,14 @@ from dataclasses import dataclass
 SEGMENT = re.compile(r"^(?P<tli>[0-9A-F]{8})(?P<log>[0-9A-F]{8})(?P<seg>[0-9A-F]{8})$")
 HISTORY = re.compile(r"^(?P<tli>[0-9A-F]{8})\.history$")
 BACKUP = re.compile(r"^(?P<segment>[0-9A-F]{24})\.(?P<offset>[0-9A-F]{8})\.backup$")
+ARCHIVED = re.compile(
+    r"^(?P<wal>[0-9A-F]{24}(?:\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)"
+    r"(?P<partial>\.partial)?(?P<suffix>\.gz|\.zst|\.lz4)?(?P<late>\.partial)?$"
+)
+# A name PostgreSQL could have archived, whatever follows it: such a file is WAL to read or
+# an error, never something to ignore.
+WAL_LIKE = re.compile(r"^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)(?:\.|$)")
+COMPRESSIONS = {"": "none", ".gz": "gzip", ".zst": "zstd", ".lz4": "lz4"}
 MIN_SEGMENT = 1 << 20
 MAX_SEGMENT = 1 << 30
 # XLogLongPageHeaderData: magic, info, tli, pageaddr, rem_len (padded to 24), then sysid,
@@ -42,6 +55,49 @@ def kind_of(name: str) -> str | None:
     if BACKUP.match(name):
         return "backup"
     return None
+
+
+@dataclass(frozen=True)
+class ArchivedName:
+    """A file of a WAL archive: the WAL file it holds, its compression, whether partial."""
+
+    name: str
+    """The file's own name, e.g. ``000000010000000000000005.partial.gz``."""
+    wal: str
+    """The name PostgreSQL gave the WAL file (``%f``), e.g. ``000000010000000000000005``."""
+    kind: str
+    """'segment', 'history' or 'backup'."""
+    compression: str
+    """'none', 'gzip', 'zstd' or 'lz4'."""
+    partial: bool = False
+
+    @property
+    def wal_name(self) -> str:
+        """The WAL file's name with ``.partial`` when it is one (pg_stat_archiver's name)."""
+        return f"{self.wal}.partial" if self.partial else self.wal
+
+
+def archived_name(name: str) -> ArchivedName | None:
+    """How an archived file's name reads, None if it is not one this archive can hold.
+
+    >>> archived_name("000000010000000000000005.partial.gz").compression
+    'gzip'
+    >>> archived_name("000000010000000000000005.gz.partial").partial
+    True
+    """
+    match = ARCHIVED.match(name)
+    if match is None or (match["partial"] and match["late"]):
+        return None
+    wal, partial = match["wal"], bool(match["partial"] or match["late"])
+    kind = kind_of(wal)
+    if kind is None or (partial and kind != "segment"):
+        return None
+    return ArchivedName(name, wal, kind, COMPRESSIONS[match["suffix"] or ""], partial)
+
+
+def looks_like_wal(name: str) -> bool:
+    """Whether a name starts as PostgreSQL names WAL files (a segment or history name)."""
+    return WAL_LIKE.match(name) is not None
 
 
 def order_key(name: str) -> tuple[int, str, int, str]:
@@ -122,11 +178,19 @@ def read_header(data: bytes) -> SegmentHeader:
     return SegmentHeader(magic, tli, pageaddr, sysid, seg_size, block_size)
 
 
-def check_segment(name: str, header: SegmentHeader, size: int) -> None:
+def check_segment(
+    name: str,
+    header: SegmentHeader,
+    size: int,
+    path: list[TimelineStretch] | None = None,
+) -> None:
     """Raise ValueError naming the cause when a segment's bytes do not fit its name.
 
     Catches a copy that is still being written or was cut (the size is not the segment size
     its own header states), a file renamed to another segment, and bytes that are not WAL.
+    The first segment of a new timeline starts as a copy of its parent's up to the switch,
+    so its first page may be on the parent timeline: `path` (the timeline path its history
+    file gives, `timeline_path`) says which timeline the segment's first page belongs to.
     """
     seg_size = header.seg_size
     if not (MIN_SEGMENT <= seg_size <= MAX_SEGMENT) or seg_size & (seg_size - 1):
@@ -137,10 +201,26 @@ def check_segment(name: str, header: SegmentHeader, size: int) -> None:
             "(a partial copy? archive_command must copy to a temporary name, then rename)"
         )
     tli, segno = parse_segment(name, seg_size)
-    if header.pageaddr != segno * seg_size or header.timeline not in (tli, 0):
+    start = segno * seg_size
+    if header.pageaddr != start:
         raise ValueError(
             f"{name}: its first page is {format_lsn(header.pageaddr)} on timeline "
             f"{header.timeline}, not what the name says (a renamed or foreign file?)"
+        )
+    if header.timeline in (tli, 0):
+        return
+    begins = path[-1].begin if path and path[-1].tli == tli else None
+    if begins is None or len(path) < 2:
+        raise ValueError(
+            f"{name}: its first page is on timeline {header.timeline}, not {tli} as its name "
+            f"says, and no history file of timeline {tli} shows where it began (ship "
+            f"{tli:08X}.history first; a renamed or foreign file?)"
+        )
+    if lsn_segno(begins, seg_size) != segno or timeline_at(path, start) != header.timeline:
+        raise ValueError(
+            f"{name}: its first page is on timeline {header.timeline}, but by "
+            f"{tli:08X}.history timeline {tli} began at {format_lsn(begins)}, not inside this "
+            "segment after a page of that timeline (a renamed or foreign file?)"
         )
 
 
@@ -201,6 +281,15 @@ def timeline_of(path: list[TimelineStretch], segno: int, seg_size: int) -> int:
     chosen = path[0].tli
     for stretch in path:
         if lsn_segno(stretch.begin, seg_size) <= segno:
+            chosen = stretch.tli
+    return chosen
+
+
+def timeline_at(path: list[TimelineStretch], lsn: int) -> int:
+    """The timeline that wrote position `lsn` along `path`."""
+    chosen = path[0].tli
+    for stretch in path:
+        if stretch.begin <= lsn:
             chosen = stretch.tli
     return chosen
 

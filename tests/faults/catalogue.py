@@ -12,18 +12,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from drills.backup import Destination, backup_files
+from drills.pitr import iso
 from drills.runtime import images
 from drills.runtime.estate import write_config_files
-from drills.storage.manifest import Manifest, TableCount
+from drills.storage.manifest import DirEntry, FileEntry, LinkEntry, Manifest, TableCount
 from fixtures.apps import build_accounts_image
 from fixtures.estate_backups import (
     DB,
+    drill_cli,
     gpg_symmetric,
     put_config_archive,
     put_files_snapshot,
@@ -31,6 +35,12 @@ from fixtures.estate_backups import (
     stamp,
     typed_uploads,
     write_drill_toml,
+)
+from fixtures.upload_trees import (
+    config_tree,
+    runbook_config_archive,
+    runbook_mirror,
+    runbook_snapshot,
 )
 
 ENV_FILE = b"DATABASE_URL=postgresql://app:pw@db/app\nSECRET_KEY=not-a-real-secret\n"
@@ -517,6 +527,207 @@ def stale(ctx) -> Case:
     return Case(DATABASE)
 
 
+# -- point-in-time recovery: the archives people have (fixtures/pitr.py's real failover) -----
+
+
+def _pitr_store(ctx, *, without: tuple[str, ...] = ()):
+    """The session's failover archive, its shipped store copied into the row's storage."""
+    archive = ctx.pitr()
+    archive.copy_store(ctx.storage.root, without=without)
+    return archive
+
+
+def _producer_config(ctx, archive, name: str, extra: str = "") -> str:
+    """A drill.toml for a producer run into the row's storage."""
+    directory = ctx.tmp_path / name
+    directory.mkdir()
+    return str(write_drill_toml(directory, ctx.url, archive.sections(extra=extra)))
+
+
+def promoted(ctx) -> Case:
+    """Recovery to a time after the promotion: timeline 1's WAL, then timeline 2's."""
+    archive = _pitr_store(ctx)
+    target = archive.after[1] + (archive.after[2] - archive.after[1]) / 2
+    return Case(archive.sections(target=iso(target)), env=archive.env)
+
+
+def gzip_archive(ctx) -> Case:
+    """The WAL shipped for real from a directory where archive_command gzips each file."""
+    archive = _pitr_store(ctx, without=("wal/",))
+    config = _producer_config(ctx, archive, "shipper", f'archive_dir = "{archive.archive}"')
+    shipped = drill_cli("backup", "wal", "--config", config, env=archive.env, stdin=None)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert " 0 shipped" not in shipped.stdout, shipped.stdout
+    return Case(archive.sections(), env=archive.env)
+
+
+def holed(ctx) -> Case:
+    """One segment gone from the middle of the window; the target left to chance."""
+    archive = ctx.pitr()
+    _pitr_store(ctx, without=(f"wal/{archive.middle_segment()}",))
+    return Case(archive.sections(), env=archive.env)
+
+
+def handmade_base(*, imported: bool):
+    """A pg_basebackup -Ft -z -X stream made by hand, stored as it is or imported."""
+
+    def make(ctx) -> Case:
+        archive = _pitr_store(ctx, without=("base/",))
+        if imported:
+            config = _producer_config(ctx, archive, "importer")
+            made = str(archive.handmade["plain"])
+            argv = ("backup", "base", "--config", config, "--import", made)
+            done = drill_cli(*argv, env=archive.env, stdin=None)
+            assert done.returncode == 0, done.stdout + done.stderr
+        else:
+            shutil.copytree(archive.handmade["tar"], ctx.storage.root / "base" / "pg_basebackup-1")
+        return Case(archive.sections(), env=archive.env)
+
+    return make
+
+
+def stalled_shipper(ctx) -> Case:
+    """The shipper stopped: the newest stored segment older than a 5 s database RPO."""
+    archive = _pitr_store(ctx)
+    time.sleep(5)
+    more = '[targets.rpo]\ndatabase = "5s"'
+    return Case(archive.sections(database=False, more=more), env=archive.env)
+
+
+# -- uploads and config exactly as they were: empty snapshots, links, shared damage ------------
+
+
+def _write_tree(root, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+
+
+def empty_newest_snapshot(ctx) -> Case:
+    """The original runbook's snapshots (rsync into files/current, cp -al to a dated
+    directory): a good one, then one taken after the uploads mount vanished."""
+    source = ctx.tmp_path / "uploads"
+    _write_tree(source, GOOD_UPLOADS)
+    files = ctx.storage.root / "files"
+    runbook_snapshot(source, files, stamp(timedelta(hours=2)))
+    shutil.rmtree(source)
+    source.mkdir()  # the mount point, with nothing mounted on it
+    runbook_snapshot(source, files, stamp(timedelta(minutes=5)))
+    return Case(FILES)
+
+
+def stored_link_for_a_file(ctx) -> Case:
+    """One snapshot file replaced in the store by a symlink to a host file."""
+    key = put_files_snapshot(ctx.storage, UPLOADS)
+    host = ctx.tmp_path / "host-file"
+    host.write_bytes(b"a host file that was never backed up")
+    stored = ctx.storage.root / key / "documents/b.pdf"
+    stored.unlink()
+    stored.symlink_to(host)
+    return Case(FILES)
+
+
+def listed_below_a_link(ctx) -> Case:
+    """A manifest (a crafted or confused one) listing a link `docs` to a host directory and
+    a file `docs/planted.txt` under it: unpacking it would write where the link points."""
+    key = f"files/{stamp(timedelta(minutes=5))}/"
+    data = b"written through a link"
+    ctx.storage.put_bytes(key + "docs/planted.txt", data)
+    taken = datetime.now(UTC) - timedelta(minutes=5)
+    manifest = Manifest(
+        "files",
+        taken,
+        taken,
+        format="snapshot",
+        files=(FileEntry("docs/planted.txt", len(data), 0o644, hashlib.sha256(data).hexdigest()),),
+        links=(LinkEntry("docs", str(ctx.tmp_path)),),
+        directories=(DirEntry(".", 0o755),),
+    )
+    ctx.storage.put_bytes(key.rstrip("/") + ".manifest.json", manifest.to_json().encode())
+    return Case(FILES)
+
+
+def truncated_in_hard_linked_snapshots(ctx) -> Case:
+    """`drill backup files` into file:// three times (one upload changed after the first),
+    then that upload truncated in place in the newest snapshot: the one before shares the
+    inode."""
+    source = ctx.tmp_path / "uploads"
+    _write_tree(source, GOOD_UPLOADS)
+    dest = Destination("files/", storage=ctx.storage, local_dir=ctx.storage.root)
+    backup_files(dest, source)
+    victim = next(iter(GOOD_UPLOADS))
+    (source / victim).write_bytes(GOOD_UPLOADS[victim][:200] + b"a newer version")
+    backup_files(dest, source)
+    newest = backup_files(dest, source)
+    os.truncate(ctx.storage.root / newest.key / victim, 10)
+    return Case(FILES)
+
+
+def _server_config(ctx, *, leave_out: str = "", link_env: bool = False) -> Case:
+    """A server's config archived by the runbook's `tar -czf` of absolute paths (exit 2 on a
+    missing one; the archive is written all the same), drilled with `[config] paths`."""
+    root = ctx.tmp_path / "server"
+    paths = config_tree(root)
+    if link_env:
+        env = root / "srv/app/.env.production"
+        (root / "srv/shared").mkdir()
+        env.rename(root / "srv/shared/.env")
+        env.symlink_to(root / "srv/shared/.env")
+    if leave_out:
+        os.unlink(root / leave_out)
+    archive = ctx.tmp_path / "config.tar.gz"
+    runbook_config_archive(paths, archive)
+    ctx.storage.put_bytes(
+        f"config/config_{stamp(timedelta(minutes=5))}.tar.gz", archive.read_bytes()
+    )
+    listed = ", ".join(f'"{p}"' for p in paths)
+    return Case(f'[config]\npaths = [{listed}]\nrequired = [".env.production"]\n')
+
+
+def config_path_left_out(ctx) -> Case:
+    return _server_config(ctx, leave_out="etc/ssl/private/app.key")
+
+
+def required_file_links_outside(ctx) -> Case:
+    return _server_config(ctx, link_env=True)
+
+
+def _mirror_after_a_drill(ctx, keep: int) -> Case:
+    """The runbook's off-site copy (`aws s3 sync current/ s3://bucket/files/ --delete`) of 30
+    uploads, the first `keep` synced a while before the others, drilled green; then the uploads
+    mount lost all but those and the next sync's --delete removed the rest from the bucket. A
+    sync that only deletes leaves no newer object: the mirror's time goes back."""
+    source = ctx.tmp_path / "current"
+    env = {**os.environ, **ctx.s3_env()}
+    first = dict(list(GOOD_UPLOADS.items())[:keep])
+    if first:
+        _write_tree(source, first)
+        runbook_mirror(source, ctx.storage.bucket, ctx.s3.endpoint_url, env)
+        time.sleep(1.5)  # LastModified is kept to the second
+    _write_tree(source, {p: d for p, d in GOOD_UPLOADS.items() if p not in first})
+    runbook_mirror(source, ctx.storage.bucket, ctx.s3.endpoint_url, env)
+    drill_once(ctx, FILES, "files")
+    for path in list(GOOD_UPLOADS)[keep:]:
+        (source / path).unlink()
+    runbook_mirror(source, ctx.storage.bucket, ctx.s3.endpoint_url, env)
+    return Case(FILES)
+
+
+def mirror_shrunk(ctx) -> Case:
+    return _mirror_after_a_drill(ctx, keep=3)
+
+
+def mirror_emptied(ctx) -> Case:
+    return _mirror_after_a_drill(ctx, keep=0)
+
+
+S3_MIRROR_ROWS = {
+    "uploads mirror shrunk by sync --delete",
+    "uploads mirror emptied by sync --delete",
+}
+"""Rows drilled over the embedded S3 (the mirror is an object store's)."""
+
+
 FAULTS: list[Fault] = [
     # database dumps
     Fault(
@@ -964,6 +1175,128 @@ FAULTS: list[Fault] = [
         "config",
         "config files gone from config/config_",
         config_file_removed,
+    ),
+    # point-in-time recovery: WAL and base backups as people have them, from a real failover
+    Fault(
+        "a timeline switch (promote)",
+        "pitr",
+        "standby promoted, heartbeat on timeline 2; target after the switch",
+        "pitr",
+        "",
+        promoted,
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "WAL archived gzip-compressed",
+        "pitr",
+        "archive_command gzip < %p > %f.gz; shipped by drill backup wal",
+        "pitr",
+        "",
+        gzip_archive,
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "a hole in the WAL archive",
+        "pitr",
+        "one segment deleted mid-window; random target",
+        "pitr",
+        "the WAL is not continuous from base/",
+        holed,
+    ),
+    Fault(
+        "a base backup made by hand",
+        "pitr",
+        "pg_basebackup -Ft -z output stored under base/ as it is",
+        "pitr",
+        "drill backup base --import",
+        handmade_base(imported=False),
+    ),
+    Fault(
+        "a base backup made by hand, imported",
+        "pitr",
+        "pg_basebackup -Fp output through drill backup base --import",
+        "pitr",
+        "",
+        handmade_base(imported=True),
+        expect="pass",
+        exit=0,
+    ),
+    Fault(
+        "a stalled WAL shipper",
+        "pitr",
+        "drill backup wal not run; newest stored segment older than the 5 s database RPO",
+        "freshness",
+        "wal: newest segment within the database RPO",
+        stalled_shipper,
+    ),
+    # uploads and config exactly as they were: an empty newest snapshot, links never
+    # followed, damage shared by hard-linked snapshots, config paths checked
+    Fault(
+        "newest uploads snapshot empty",
+        "files",
+        "runbook rsync + cp -al of 30 uploads, then of the emptied mount point",
+        "files",
+        "holds no files (an empty snapshot",
+        empty_newest_snapshot,
+    ),
+    Fault(
+        "a stored link where a file was backed up",
+        "files",
+        "one snapshot file replaced in the store by a symlink to a host file",
+        "files",
+        "not a file: never followed",
+        stored_link_for_a_file,
+    ),
+    Fault(
+        "a snapshot entry listed below a link",
+        "files",
+        "manifest: docs -> a host directory, and docs/planted.txt",
+        "files",
+        "would write where the link points; refused",
+        listed_below_a_link,
+    ),
+    Fault(
+        "an upload truncated in hard-linked snapshots",
+        "files",
+        "drill backup files x3 into file://, the newest copy truncated in place",
+        "files",
+        "(hard links: damaged there too); intact in files/",
+        truncated_in_hard_linked_snapshots,
+    ),
+    Fault(
+        "a configured path missing from the archive",
+        "config",
+        "runbook tar -czf without the TLS key (tar exit 2)",
+        "config",
+        "every configured path is in the archive, as what it was: missing from the archive",
+        config_path_left_out,
+    ),
+    Fault(
+        "a required config file links outside the archive",
+        "config",
+        "runbook tar -czf; .env.production a link to an unarchived shared .env",
+        "config",
+        "which the archive does not hold",
+        required_file_links_outside,
+    ),
+    # the runbook's off-site uploads mirror (aws s3 sync --delete)
+    Fault(
+        "uploads mirror shrunk by sync --delete",
+        "files",
+        "aws s3 sync of 30 uploads, a passing drill, then 27 gone and synced again",
+        "files",
+        "the file count dropped from 30 to 3",
+        mirror_shrunk,
+    ),
+    Fault(
+        "uploads mirror emptied by sync --delete",
+        "files",
+        "aws s3 sync of 30 uploads, a passing drill, then all gone and synced again",
+        "files",
+        "no files backups under",
+        mirror_emptied,
     ),
 ]
 

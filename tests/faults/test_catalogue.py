@@ -24,13 +24,13 @@ from fixtures.estate_backups import run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
 from tests.tables import published
 
-from .catalogue import FAULTS, Case, Fault, catalogue_markdown, wait_until
+from .catalogue import FAULTS, S3_MIRROR_ROWS, Case, Fault, catalogue_markdown, wait_until
 from .s3_proxy import FaultyS3Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS: list[dict] = []
 S3_AREAS = {"storage"}
-S3_ROWS = {"a snapshot file unreadable", "uploads mass-encrypted in place"}
+S3_ROWS = {"a snapshot file unreadable", "uploads mass-encrypted in place"} | S3_MIRROR_ROWS
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,15 @@ def dumps(dump_variants):
 class Ctx:
     """What a row's maker may use: the storage, the dumps, and real ways to break things."""
 
-    def __init__(self, tmp_path, dumps, storage, s3, docker_client, url):
+    def __init__(self, tmp_path, dumps, storage, s3, docker_client, url, request=None):
         self.tmp_path, self.dumps, self.storage = tmp_path, dumps, storage
         self.s3, self.client, self.url = s3, docker_client, url
         self._proxy: FaultyS3Proxy | None = None
+        self._request = request
+
+    def pitr(self):
+        """The session's real failover archive (fixtures/pitr.py), made on first use."""
+        return self._request.getfixturevalue("promoted_archive")
 
     def drill_now(self, sections: str, kind: str = "database") -> None:
         """One passing `drill run` before the fault (a history, as monthly drills leave)."""
@@ -149,9 +154,9 @@ def _run(config: Path, kind: str, case: Case, env: dict) -> tuple[int, dict | No
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client):
+def test_fault(fault: Fault, tmp_path, dumps, embedded_s3, docker_client, request):
     storage, url = _storage_for(fault, tmp_path, embedded_s3)
-    ctx = Ctx(tmp_path, dumps, storage, embedded_s3, docker_client, url)
+    ctx = Ctx(tmp_path, dumps, storage, embedded_s3, docker_client, url, request)
     row = {
         "name": fault.name,
         "injection": fault.injection,
