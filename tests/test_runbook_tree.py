@@ -16,7 +16,14 @@ import os
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from fixtures.estate_backups import DB, gpg_symmetric, run_drill, typed_uploads, write_drill_toml
+from fixtures.estate_backups import (
+    DB,
+    drill_cli,
+    gpg_symmetric,
+    run_drill,
+    typed_uploads,
+    write_drill_toml,
+)
 from fixtures.upload_trees import runbook_mirror
 
 ZONE = "Asia/Tokyo"
@@ -86,6 +93,8 @@ def test_the_runbooks_bucket_is_drilled_green_with_its_times_right(
     mirror = files.drill("files")["backup"]
     assert (mirror["key"], mirror["format"]) == ("files/", "mirror")
     assert abs(datetime.fromisoformat(mirror["taken_at"]) - made) < timedelta(minutes=2)
+    status = drill_cli("status", "--config", str(config), env=env, stdin=None)
+    assert "files/" in status.stdout and "encrypted/" in status.stdout, status.stdout
 
     # Without the zone, the name's time is nine hours in the future: the write time is taken
     # and the name noted, so the backup never looks fresher than its bytes.
