@@ -50,6 +50,7 @@ from fixtures.estate_backups import (
     uploads,
     write_drill_toml,
 )
+from fixtures.upload_trees import runbook_mirror
 
 DATABASE = '[database]\nname = "drishti_production"\nchecks = ["SELECT count(*) > 0 FROM users"]\n'
 ACCOUNTS_DATABASE = '[database]\nname = "drishti_production"\n'
@@ -142,6 +143,38 @@ def test_the_sample_compose_file_over_s3_recovers(
     assert drill["app"]["form"] == "compose"
     assert drill["app"]["replaced_by_the_restored_database"] == ["db"]
     assert {c["role_name"] for c in drill["containers"]} == {"api (compose service api)", "db"}
+
+
+def test_the_runbooks_uploads_mirror_alone_serves_the_app(
+    tmp_path, s3_bucket, embedded_s3, estate_dump, app_image
+):
+    """After losing the server, the runbook's `aws s3 sync` mirror under files/ is the only
+    uploads backup: the system drill restores it whole and the app serves from it."""
+    put_database_dump(s3_bucket, estate_dump)
+    current = tmp_path / "current"
+    for path, data in uploads().items():
+        (current / path).parent.mkdir(parents=True, exist_ok=True)
+        (current / path).write_bytes(data)
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nregion = us-east-1\n")
+    env = {**os.environ, **S3_ENV, "AWS_CONFIG_FILE": str(aws_config)}
+    runbook_mirror(current, s3_bucket.bucket, embedded_s3.endpoint_url, env)
+    _sample_config(s3_bucket, tmp_path, app_image)
+    config = write_drill_toml(
+        tmp_path, s3_bucket.url, _sample(), endpoint_url=embedded_s3.endpoint_url
+    )
+
+    outcome = run_drill(config, "system", env=env)
+
+    assert outcome.exit == 0, outcome.output[-4000:]
+    drill = outcome.drill("system")
+    assert (drill["uploads_backup"]["key"], drill["uploads_backup"]["format"]) == (
+        "files/",
+        "mirror",
+    )
+    checks = _checks(drill)
+    assert checks["a restored upload is served byte-identical"]["passed"]
+    assert checks["objects match their S3 ETag and size"]["passed"]
 
 
 def test_another_app_by_its_compose_file_recovers(
