@@ -16,6 +16,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -363,3 +364,32 @@ def _unit(path: Path) -> configparser.ConfigParser:
     parser.optionxform = str  # keys are case-sensitive in unit files
     parser.read_string(path.read_text())
     return parser
+
+
+def test_names_written_in_another_zone_and_point_in_time_backups_are_pointed_out(tmp_path):
+    store = tmp_path / "backups"
+    (store / "database").mkdir(parents=True)
+    # `date +%Y%m%d_%H%M%S` on a server kept in Tokyo time: nine hours ahead of UTC.
+    tokyo = datetime.now(ZoneInfo("Asia/Tokyo"))
+    (store / "database" / f"{DB}_{tokyo:%Y%m%d_%H%M%S}.sql.gz").write_bytes(gzip.compress(b"-"))
+    (store / "base" / "20250101T000000Z").mkdir(parents=True)
+    (store / "base" / "20250101T000000Z" / "base.tar.gz").write_bytes(b"-")
+
+    result, project = init(tmp_path, "--storage", str(store))  # a plain path is taken too
+    assert result.returncode == 0, result.stderr
+    text = prose((project / "drill.toml").read_text())
+    assert "the names were made by a clock in another zone" in text
+    assert "(mtime)" in text  # the write time, never a name nine hours in the future
+    assert "Point-in-time recovery: found objects under base/" in text
+    config = load_config(project / "drill.toml", env={})
+    assert config.storage.url == store.as_uri()
+    assert config.storage.name_timezone is None
+    assert "pitr" not in config.configured_drills()
+
+    result, project = init(
+        tmp_path, "--storage", store.as_uri(), "--name-timezone", "Asia/Tokyo", "--force"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "another zone" not in prose((project / "drill.toml").read_text())
+    assert "(name)" in prose((project / "drill.toml").read_text())
+    assert load_config(project / "drill.toml", env={}).storage.name_timezone == "Asia/Tokyo"

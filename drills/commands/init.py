@@ -85,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
     url = args.storage or os.environ.get("DRILL_STORAGE_URL")
     if not url:
         raise ConfigError("init: no storage to look at: --storage URL (or DRILL_STORAGE_URL)")
+    if os.path.isabs(url):
+        url = Path(url).as_uri()  # drill.toml takes file:// URLs only
     endpoint = args.endpoint_url or os.environ.get("DRILL_STORAGE_ENDPOINT_URL") or None
     region = args.region or os.environ.get("DRILL_STORAGE_REGION") or None
     zone = args.name_timezone or os.environ.get("DRILL_STORAGE_NAME_TIMEZONE") or None
