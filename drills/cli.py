@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore_cmd.register(commands)
     runbook_cmd.register(commands)
 
+    from drills.commands import init as init_cmd
+
+    init_cmd.register(commands)
+
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")
     demo.add_argument("--report-dir", default="reports", help="where the run is written")
