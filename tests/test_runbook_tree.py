@@ -94,7 +94,8 @@ def test_the_runbooks_bucket_is_drilled_green_with_its_times_right(
     assert (mirror["key"], mirror["format"]) == ("files/", "mirror")
     assert abs(datetime.fromisoformat(mirror["taken_at"]) - made) < timedelta(minutes=2)
     status = drill_cli("status", "--config", str(config), env=env, stdin=None)
-    assert "files/" in status.stdout and "encrypted/" in status.stdout, status.stdout
+    assert "files/" in status.stdout, status.stdout
+    assert "encrypted/" in status.stdout, status.stdout
 
     # Without the zone, the name's time is nine hours in the future: the write time is taken
     # and the name noted, so the backup never looks fresher than its bytes.
