@@ -237,3 +237,70 @@ def test_notify_settings_are_checked_and_token_urls_hidden_in_reports(tmp_path):
     config = load_config(None, env=env)
     assert config.notify.webhook_url.endswith(TOKEN)
     assert config.redacted()["notify"]["webhook_url"] == "https://hooks.example.com/***"
+
+
+def test_mail_goes_over_starttls_only_to_a_server_it_trusts(
+    tmp_path, local_storage, smtp_tls_receiver
+):
+    """STARTTLS is the default and the certificate is verified: with the server's CA trusted
+    the mail and the login go through encrypted; without, nothing is sent, and the run says
+    why."""
+    files = uploads()
+    put_files_snapshot(local_storage, {p: d for p, d in files.items() if p != GONE}, listed=files)
+    config = _config(
+        tmp_path,
+        local_storage.url,
+        f'smtp_host = "127.0.0.1"\nsmtp_port = {smtp_tls_receiver.port}\n'
+        'smtp_from = "drills@example.com"\nsmtp_to = ["ops@example.com"]\n'
+        'smtp_username_env = "SMTP_USER"\nsmtp_password_env = "SMTP_PASSWORD"\n',
+    )
+    login = {"SMTP_USER": "drills", "SMTP_PASSWORD": SMTP_PASSWORD}
+    trusted = run_drill(
+        config, "files", env=_env(**login, SSL_CERT_FILE=str(smtp_tls_receiver.ca_file))
+    )
+    assert trusted.exit == 1, trusted.output
+    ((_, _, mail),) = smtp_tls_receiver.mails
+    assert mail["Subject"] == "Recovery drill FAILED: drishti"
+    assert smtp_tls_receiver.logins == [("drills", SMTP_PASSWORD)]  # only ever after STARTTLS
+
+    untrusted_env = {k: v for k, v in _env(**login).items() if k != "SSL_CERT_FILE"}
+    untrusted = run_drill(config, "files", env=untrusted_env)
+    assert untrusted.exit == 1, untrusted.output
+    (email,) = untrusted.document["notifications"]
+    assert email["ok"] is False
+    assert email["detail"].startswith(f"SMTP 127.0.0.1:{smtp_tls_receiver.port}: ")
+    assert "certificate verify failed: self-signed certificate" in email["detail"]
+    assert len(smtp_tls_receiver.mails) == 1  # nothing more was sent
+    assert len(smtp_tls_receiver.logins) == 1
+    assert SMTP_PASSWORD not in untrusted.output
+
+
+def test_a_run_that_did_not_complete_is_announced_as_a_failure(tmp_path, http_receiver):
+    """`drill run` calls this when pytest ends without a verdict (interrupted, broken)."""
+    from drills.notify import announce_incomplete
+
+    textfile = tmp_path / "drills.prom"
+    config = _config(
+        tmp_path,
+        "file:///srv/backups",
+        f'webhook_url = "{http_receiver.url}/hooks/{TOKEN}"\n'
+        f'ping_url = "{http_receiver.url}/ping/switch-1"\n',
+        f'textfile = "{textfile}"\n',
+    )
+    run_dir = tmp_path / "reports" / "20250115T020000.000000Z"
+    run_dir.mkdir(parents=True)
+    deliveries = announce_incomplete(
+        run_dir, load_config(config, env={}), "the run did not complete (pytest exit 2)"
+    )
+    assert [(d.channel, d.ok) for d in deliveries] == [
+        ("webhook", True),
+        ("metrics textfile", True),
+    ]
+    (hook,) = http_receiver.requests  # no ping: not a pass
+    text = json.loads(hook.body)["text"]
+    assert "Recovery drill DID NOT COMPLETE: drishti" in text
+    assert "the run did not complete (pytest exit 2)" in text
+    assert _families(textfile.read_text()) == {
+        ("drill_run_timestamp_seconds", None): pytest.approx(time.time(), abs=60),
+        ("drill_run_success", None): 0,
+    }
