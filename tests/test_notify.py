@@ -37,6 +37,12 @@ def _config(tmp_path, storage_url: str, notify: str, metrics: str = "") -> objec
     return config
 
 
+def _snapshot_missing_an_upload(storage) -> None:
+    """A snapshot whose manifest lists an upload it lacks: the files drill fails naming it."""
+    files = uploads()
+    put_files_snapshot(storage, {p: d for p, d in files.items() if p != GONE}, listed=files)
+
+
 def _every_channel(http_receiver, smtp_receiver, *to: str) -> str:
     """[notify] keys for the webhook and the switch on `http_receiver`, mail to `to`."""
     return (
@@ -65,8 +71,7 @@ def _env(**extra: str) -> dict[str, str]:
 def test_failed_drill_posts_the_cause_mails_the_report_and_writes_metrics(
     tmp_path, local_storage, http_receiver, smtp_receiver
 ):
-    files = uploads()
-    put_files_snapshot(local_storage, {p: d for p, d in files.items() if p != GONE}, listed=files)
+    _snapshot_missing_an_upload(local_storage)
     textfile = tmp_path / "textfile" / "drills.prom"
     textfile.parent.mkdir()
     config = _config(
@@ -172,8 +177,7 @@ def test_refused_and_hung_channels_are_reported_bounded_and_change_no_exit_code(
     """The webhook's server never answers (its socket timeout fires), the mail server drips
     one byte at a time (only the overall bound stops it), the pushgateway refuses, the
     textfile's directory is missing."""
-    files = uploads()
-    put_files_snapshot(local_storage, {p: d for p, d in files.items() if p != GONE}, listed=files)
+    _snapshot_missing_an_upload(local_storage)
     config = _config(
         tmp_path,
         local_storage.url,
@@ -245,8 +249,7 @@ def test_mail_goes_over_starttls_only_to_a_server_it_trusts(
     """STARTTLS is the default and the certificate is verified: with the server's CA trusted
     the mail and the login go through encrypted; without, nothing is sent, and the run says
     why."""
-    files = uploads()
-    put_files_snapshot(local_storage, {p: d for p, d in files.items() if p != GONE}, listed=files)
+    _snapshot_missing_an_upload(local_storage)
     config = _config(
         tmp_path,
         local_storage.url,
