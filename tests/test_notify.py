@@ -307,3 +307,14 @@ def test_a_run_that_did_not_complete_is_announced_as_a_failure(tmp_path, http_re
         ("drill_run_timestamp_seconds", None): pytest.approx(time.time(), abs=60),
         ("drill_run_success", None): 0,
     }
+
+
+def test_a_record_the_notifier_cannot_read_is_reported_not_raised(tmp_path, http_receiver, capsys):
+    from drills.notify import announce_run
+
+    config = _config(tmp_path, "file:///srv/backups", f'webhook_url = "{http_receiver.url}/x"\n')
+    found = announce_run({"drills": [None]}, tmp_path, load_config(config, env={}))
+    (broken,) = found["notifications"]
+    assert broken["ok"] is False
+    assert broken["detail"].startswith("AttributeError: ")
+    assert "drill: notify FAILED: AttributeError" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from drills.config.schema import Config
+from drills.config.schema import Config, redact_text
 from drills.notify import mail, metrics, webhook
 from drills.notify.message import (
     Message,
@@ -66,10 +66,13 @@ def announce_run(
     document: dict, run_dir: Path, config: Config, *, stream: TextIO | None = None
 ) -> dict:
     """Tell the configured channels of a finished run; {"notifications": [...]} for drill.json."""
-    message = run_message(document, run_dir, config)
-    finished = _time(document.get("finished_at"))
-    text = metrics.run_metrics(document, config.estate.name, finished, message.passed)
-    deliveries = _send(_jobs(config, message, text), config, stream)
+    try:
+        message = run_message(document, run_dir, config)
+        finished = _time(document.get("finished_at"))
+        text = metrics.run_metrics(document, config.estate.name, finished, message.passed)
+        deliveries = _send(_jobs(config, message, text), config, stream)
+    except Exception as exc:  # a notification must never break the run it reports
+        deliveries = [_broken(exc, stream)]
     return {"notifications": [d.as_dict() for d in deliveries]}
 
 
@@ -77,9 +80,12 @@ def announce_incomplete(
     run_dir: Path, config: Config, reason: str, *, stream: TextIO | None = None
 ) -> list[Delivery]:
     """Tell the channels of a run that did not complete (a failure: there is no verdict)."""
-    message = incomplete_message(run_dir, config, reason)
-    text = metrics.run_metrics(None, config.estate.name, datetime.now(UTC), False)
-    return _send(_jobs(config, message, text), config, stream)
+    try:
+        message = incomplete_message(run_dir, config, reason)
+        text = metrics.run_metrics(None, config.estate.name, datetime.now(UTC), False)
+        return _send(_jobs(config, message, text), config, stream)
+    except Exception as exc:  # a notification must never break the run it reports
+        return [_broken(exc, stream)]
 
 
 def announce_status(
@@ -87,15 +93,20 @@ def announce_status(
 ) -> list[Delivery]:
     """Send `drill status`'s findings through the webhook and the e-mail: when something needs
     attention, or always with `[notify] when = "always"`."""
-    message = status_message(status, config)
-    if message.passed and config.notify.when != "always":
-        return []
-    jobs = {
-        name: job
-        for name, job in _jobs(config, message, None).items()
-        if name in ("webhook", "email")
-    }
-    return _send(jobs, config, stream)
+    try:
+        message = status_message(status, config)
+        if message.passed and config.notify.when != "always":
+            return []
+        jobs = _jobs(config, message, None)
+        return _send({k: v for k, v in jobs.items() if k in ("webhook", "email")}, config, stream)
+    except Exception as exc:  # a notification must never change what the status says
+        return [_broken(exc, stream)]
+
+
+def _broken(exc: Exception, stream: TextIO | None) -> Delivery:
+    found = Delivery("notify", False, redact_text(f"{type(exc).__name__}: {exc}"))
+    print(f"drill: notify FAILED: {found.detail} (the exit code stands)", file=stream or sys.stderr)
+    return found
 
 
 def _jobs(config: Config, message: Message, text: str | None) -> dict[str, Callable[[], str]]:
@@ -133,7 +144,7 @@ def _send(
         except webhook.ChannelError as exc:
             ok, detail = False, str(exc)
         except Exception as exc:  # a notification must never break the run it reports
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
+            ok, detail = False, redact_text(f"{type(exc).__name__}: {exc}")
         results[name] = Delivery(name, ok, detail, time.monotonic() - started)
 
     threads = {
