@@ -161,12 +161,18 @@ def test_passing_drill_pings_the_switch_and_tells_no_one_else(
     assert samples[("drill_last_run_success", "files")] == 1
     assert samples[("drill_checks_failed", "files")] == 0
 
-    always = run_drill(config, "files", "--set", "notify.when=always")
+    published = "https://ci.example.com/drills/{run}/drill-report.html"
+    always = run_drill(
+        config, "files", "--set", "notify.when=always", "--set", f"notify.report_url={published}"
+    )
     assert always.exit == 0, always.output
     hooks = [r for r in http_receiver.requests if r.path.startswith("/hooks/")]
     assert len(hooks) == 1
-    assert "Recovery drill passed: drishti" in json.loads(hooks[0].body)["text"]
-    assert "- files: pass (RTO " in json.loads(hooks[0].body)["text"]
+    text = json.loads(hooks[0].body)["text"]
+    assert "Recovery drill passed: drishti" in text
+    assert "- files: pass (RTO " in text
+    run = always.run_dir.name
+    assert f"Report: https://ci.example.com/drills/{run}/drill-report.html" in text
     ((_, _, mail),) = smtp_receiver.wait_for(1)
     assert mail["Subject"] == "Recovery drill passed: drishti"
 
