@@ -8,4 +8,5 @@ pytest_plugins = [
     "fixtures.shapes",
     "fixtures.pitr",
     "fixtures.apps",
+    "fixtures.receivers",
 ]

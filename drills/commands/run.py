@@ -17,6 +17,7 @@ from pathlib import Path
 
 from drills.config import Config, load_config
 from drills.config.errors import ConfigError
+from drills.notify import announce_incomplete, announce_run
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 KINDS = ("database", "files", "config", "system", "pitr", "freshness", "recovery")
@@ -118,14 +119,18 @@ def run(
     if int(status) in (2, 3, 4):
         # Interrupted, internal error or usage error: whatever drill.json says, the run is
         # incomplete, and an incomplete run is never a pass.
-        print(f"drill: the run did not complete (pytest exit {int(status)}); report: {run_dir}")
+        reason = f"the run did not complete (pytest exit {int(status)})"
+        print(f"drill: {reason}; report: {run_dir}")
+        announce_incomplete(run_dir, config, reason)
         return 2 if int(status) == 4 else 1
     if not document.exists():
-        print(f"drill: the run wrote no drill.json (pytest exit {int(status)})")
+        reason = f"the run wrote no drill.json (pytest exit {int(status)})"
+        print(f"drill: {reason}")
+        announce_incomplete(run_dir, config, reason)
         return 2 if int(status) in (2, 3, 4) else 1
     from drills.report import finalize_run
 
-    finalize_run(run_dir, config)
+    finalize_run(run_dir, config, announce=lambda finished: announce_run(finished, run_dir, config))
     result = json.loads(document.read_text())
     if not any(d["verdict"] != "not_run" for d in result["drills"]):
         reasons = "; ".join(f"{d['kind']}: {d['error']}" for d in result["drills"])

@@ -10,7 +10,9 @@ verdict and cause, from the report directory.
 Exit 0 when every configured kind is within its RPO, its newest backup is not suspect, the
 WAL has no hole and no configured drill's last run failed; 1 when any is overdue, suspect or
 holed, the storage is unreachable, or a configured drill last failed; 2 on a configuration
-error (no configuration at all included).
+error (no configuration at all included). With `--notify`, what needs attention also goes
+through `[notify]`'s webhook and e-mail (every time with `when = "always"`); the exit code
+stays the same whatever the channels do.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     parser.add_argument(
         "--report-dir", default=None, help="where the drill runs are (default: [report] dir)"
+    )
+    parser.add_argument(
+        "--notify",
+        action="store_true",
+        help="send what needs attention through [notify]'s webhook and e-mail (for cron)",
     )
     parser.set_defaults(func=main)
 
@@ -188,6 +195,10 @@ def main(args: argparse.Namespace) -> int:
     status["drills"] = drill_status(config, Path(args.report_dir or config.report.dir))
     status["ok"] = status["ok"] and all(d["verdict"] != "fail" for d in status["drills"].values())
     print(json.dumps(status, indent=2) if args.json else render(status) + render_drills(status))
+    if args.notify:
+        from drills.notify import announce_status
+
+        announce_status(status, config)  # reported on stderr when a channel fails; never raises
     return 0 if status["ok"] else 1
 
 

@@ -465,6 +465,13 @@ def _validate(config: Config, sources: _Sources, label: str) -> None:
             if name not in config.config.paths:
                 origin = sources.origin(("config", "optional"))
                 raise ConfigError(f"{origin}: [config] optional lists {show(name)}, not in paths")
+    notify = config.notify
+    if notify.smtp_host and not (notify.smtp_from and notify.smtp_to):
+        origin = sources.origin(("notify", "smtp_host"))
+        raise ConfigError(f"{origin}: [notify] smtp_host is set: smtp_from and smtp_to are needed")
+    if not notify.smtp_host and (notify.smtp_from or notify.smtp_to):
+        origin = sources.origin(("notify", "smtp_from"), ("notify", "smtp_to"))
+        raise ConfigError(f"{origin}: [notify] smtp_from/smtp_to are set but smtp_host is not")
     if config.report.signing_key_env and config.report.signing_key_path:
         origin = sources.origin(("report", "signing_key_env"), ("report", "signing_key_path"))
         raise ConfigError(

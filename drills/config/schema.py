@@ -618,6 +618,88 @@ class ReportSettings:
     signing_key_path: str | None = knob(None, "File holding the evidence signing key.")
 
 
+def _textfile(path: str) -> str | None:
+    if not path.startswith("/"):
+        return f"must be an absolute path, got {show(path)}"
+    if not path.endswith(".prom"):
+        # node_exporter's textfile collector reads only *.prom files.
+        return f'must end with ".prom" (the textfile collector reads only those), got {show(path)}'
+    return None
+
+
+def _address(address: str) -> str | None:
+    if re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address):
+        return None
+    return f"must be an e-mail address such as drills@example.com, got {show(address)}"
+
+
+def _addresses(addresses: tuple[str, ...]) -> str | None:
+    return next((f"holds one that {p}" for a in addresses if (p := _address(a))), None)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """[notify]: who hears of a run: a chat webhook, an e-mail, a dead-man's switch.
+
+    No channel is on until its URL or host is set. A notification carries the verdict, the
+    failed drills and their causes and where the report is, never a secret; a channel that
+    fails is reported and never changes the run's exit code.
+    """
+
+    when: Literal["failure", "always"] = knob(
+        "failure", "When the webhook and the e-mail are sent: on a failed run, or after every run."
+    )
+    timeout: float = knob(
+        10.0, "Bound on each channel (the channels run side by side): a hung one is given up."
+    )
+    report_url: str | None = knob(
+        None,
+        "Where people open the run's report (its run directory published by CI, say), {run} "
+        "replaced by the run's name; unset: the report's path on this machine.",
+        check=_http_url,
+    )
+    webhook_url: str | None = knob(
+        None,
+        "Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat...) posted a JSON "
+        "message; it holds a token: prefer DRILL_NOTIFY_WEBHOOK_URL in the environment.",
+        check=_http_url,
+    )
+    ping_url: str | None = knob(
+        None,
+        "Dead-man's switch (healthchecks.io, Cronitor...) fetched after a passing run only; its "
+        "silence is the alarm.",
+        check=_http_url,
+    )
+    smtp_host: str | None = knob(None, "SMTP server the e-mail goes through; unset: no e-mail.")
+    smtp_port: int = knob(587, "Its port.", check=_port)
+    smtp_starttls: bool = knob(True, "Upgrade the connection with STARTTLS before anything else.")
+    smtp_from: str | None = knob(None, "The e-mail's sender address.", check=_address)
+    smtp_to: tuple[str, ...] = knob((), "Its recipients.", check=_addresses)
+    smtp_username_env: str | None = knob(
+        None, "NAME of the environment variable holding the SMTP user name.", check=_env_name
+    )
+    smtp_password_env: str | None = knob(
+        None, "NAME of the environment variable holding the SMTP password.", check=_env_name
+    )
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: Prometheus metrics of each run, for dashboards and alerts."""
+
+    textfile: str | None = knob(
+        None,
+        "File for node_exporter's textfile collector (…/textfile_collector/drills.prom), "
+        "replaced atomically after each run.",
+        check=_textfile,
+    )
+    pushgateway_url: str | None = knob(
+        None, "Pushgateway the metrics are PUT to (http://host:9091).", check=_http_url
+    )
+    job: str = knob("recovery_drills", "The job label of the pushed group.")
+    timeout: float = knob(10.0, "Bound on the push.")
+
+
 @dataclass(frozen=True)
 class Config:
     """The resolved configuration of a run; build it with `drills.config.load_config`.
@@ -639,6 +721,8 @@ class Config:
     backup: BackupSettings = knob(factory=BackupSettings, doc="The producers' local side.")
     runtime: RuntimeSettings = knob(factory=RuntimeSettings, doc="Containers and steps.")
     report: ReportSettings = knob(factory=ReportSettings, doc="Reports.")
+    notify: NotifySettings = knob(factory=NotifySettings, doc="Notifications.")
+    metrics: MetricsSettings = knob(factory=MetricsSettings, doc="Prometheus metrics.")
     source: Path | None = knob(None, "The file the settings were read from; None: no file.")
 
     def configured_drills(self) -> list[str]:
@@ -680,9 +764,24 @@ def redact_text(text: str) -> str:
     return _KV_PASSWORD.sub(r"\g<head>***", text)
 
 
+# URLs whose path is the credential (a chat webhook's token, a dead-man's switch's id).
+TOKEN_URLS = ("webhook_url", "ping_url")
+
+
+def hide_url_path(url: str) -> str:
+    """`url` with only its scheme and host left: https://hooks.slack.com/***."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}/***"
+
+
 def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _redact(v, k) for k, v in value.items()}
+    if key in TOKEN_URLS and isinstance(value, str):
+        return hide_url_path(value)
     if value is not None and _SECRET_KEY.search(key):
         return "***"
     if isinstance(value, list):

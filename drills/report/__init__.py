@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ HOST_TOOLS = {
 RUN_DIR_STAMP = "%Y%m%dT%H%M%S.%fZ"
 
 
-def finalize_run(run_dir: Path, config: Config) -> None:
+def finalize_run(
+    run_dir: Path, config: Config, *, announce: Callable[[dict], dict] | None = None
+) -> None:
     """Complete a run's reports: drill.json facts, drill-report.html, history, hashes, signature.
 
     In order: add the estate, the run's start, the environment and the signing state to
@@ -47,8 +50,10 @@ def finalize_run(run_dir: Path, config: Config) -> None:
     what the report draws of it (verdicts and RTOs of the last runs) to drill.json;
     write drill-report.html (unless `[report] html = false`); scrub the configuration's
     secret values from every file of the run; record every file's sha256 in drill.json and
-    sign it. A configured signing key that cannot be used leaves the run unsigned, says why
-    in the report, and raises ConfigError at the end (exit 2).
+    sign it. `announce`, given, is called with the finished, scrubbed drill.json just before
+    the seal (to tell people of the run); what it returns is added to drill.json, redacted,
+    and sealed with the rest. A configured signing key that cannot be used leaves the run
+    unsigned, says why in the report, and raises ConfigError at the end (exit 2).
     """
     report_dir = run_dir.parent
     document_path = run_dir / evidence.DOCUMENT
@@ -75,7 +80,13 @@ def finalize_run(run_dir: Path, config: Config) -> None:
     document_path.write_text(json.dumps(document, indent=2) + "\n")
     if config.report.html:
         write_report(run_dir)
-    evidence.scrub(run_dir, evidence.known_secrets(config))
+    secrets = evidence.known_secrets(config)
+    evidence.scrub(run_dir, secrets)
+    if announce is not None:
+        document = json.loads(document_path.read_text())
+        document.update(_redacted(announce(document)))
+        document_path.write_text(json.dumps(document, indent=2) + "\n")
+        evidence.scrub(run_dir, secrets)
     evidence.seal(run_dir, key)
     if problem:
         raise ConfigError(f"the run's evidence is not signed: {problem}")

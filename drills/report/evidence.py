@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from drills.config.errors import ConfigError
-from drills.config.schema import Config, ReportSettings
+from drills.config.schema import TOKEN_URLS, Config, ReportSettings
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +375,8 @@ def known_secrets(config: Config, environ: Mapping[str, str] | None = None) -> l
             continue
         if name == "dsn":
             found.update(_dsn_passwords(value))
+        elif name in TOKEN_URLS:  # a URL whose path is its token
+            found.add(value)
         elif name.endswith("_env") and _SECRET_NAME.search(name):
             found.add(environ.get(value, "").strip())
         elif _SECRET_NAME.search(name) and not name.endswith("_path"):
