@@ -73,7 +73,7 @@ def _total_memory() -> int | None:
         return None
 
 
-def _memory_settings(total: int | None = None) -> dict[str, str]:
+def restore_memory_settings(total: int | None = None) -> dict[str, str]:
     """Memory sized from the machine's: index builds and foreign-key checks (which run with
     maintenance_work_mem) dominate restores, and shared buffers large enough to hold what
     was just loaded spare the index builds a second read through the kernel."""
@@ -115,7 +115,7 @@ class PostgresContainer(LabelledContainer):
         self.ready_seconds: float | None = None
         self.settings = dict(TUNINGS[tuning])
         if tuning == "restore":
-            self.settings.update(_memory_settings())
+            self.settings.update(restore_memory_settings())
             self.with_env("POSTGRES_INITDB_ARGS", RESTORE_INITDB_ARGS)
             for key, value in RESTORE_ENVIRONMENT.items():
                 self.with_env(key, value)
