@@ -10,9 +10,12 @@ restore is otherwise the drill's own, through real psql sessions.
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
 from drills.restore import plain
+from drills.restore.common import RestoreError
 from drills.restore.database import restore_database
 from drills.storage import open_storage
 from drills.storage.catalog import latest, list_backups
@@ -52,3 +55,25 @@ def test_parallel_post_data_restores_what_one_psql_restores(
     assert _schema(pg, "two_sessions") == _schema(pg, "one_session").replace(
         "one_session", "two_sessions"
     )
+
+
+def test_a_failing_index_build_in_a_parallel_session_is_named(
+    shop_backups: ShopBackups, postgres_factory, monkeypatch, tmp_path
+):
+    """An index the restore cannot build (its column renamed in the dump's post-data) stops
+    the drill with psql's own error, as one psql would name it."""
+    source = shop_backups.root / "runbook" / shop_backups.backups["runbook"].key
+    script = gzip.decompress(source.read_bytes())
+    good = b"ON shop.products USING gin (name "
+    assert script.count(good) == 1
+    broken = script.replace(good, b"ON shop.products USING gin (no_such_column ")
+    store = tmp_path / "store"
+    (store / "database").mkdir(parents=True)
+    (store / "database" / source.name).write_bytes(gzip.compress(broken, compresslevel=1))
+    storage = open_storage(store.as_uri())
+    backup = latest(list_backups(storage, "database"))
+    pg = postgres_factory(dbname="postgres", user=SUPERUSER)
+    monkeypatch.setattr(plain, "PARALLEL_MIN_BYTES", 0)
+
+    with pytest.raises(RestoreError, match='column "no_such_column" does not exist'):
+        restore_database(storage, backup, pg, "broken", timeout=900, parallel=2)
