@@ -18,8 +18,12 @@ from pathlib import Path
 from drills.config import Config, load_config
 from drills.config.errors import ConfigError
 from drills.notify import announce_incomplete, announce_run
+from drills.suite import SCENARIOS
 
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+# The suite's own pytest settings: a run does not depend on the ini files of the directory it
+# starts in, and the suite's fixtures are loaded by name.
+SUITE_INI = SCENARIOS.parent / "pytest.ini"
+SUITE_PLUGINS = ("drills.suite.fixtures", "drills.suite.public")
 KINDS = ("database", "files", "config", "system", "pitr", "freshness", "recovery")
 CONTAINER_DRILLS = {"database", "files", "system", "pitr", "recovery"}
 
@@ -28,6 +32,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `drill run` to the command's parser."""
     parser = commands.add_parser("run", help="run the drills against a configured estate")
     add_run_options(parser)
+    parser.add_argument(
+        "checks",
+        nargs="*",
+        metavar="PATH",
+        help="the team's own checks (pytest files or directories), beside [run] scenarios",
+    )
     parser.add_argument("--target-time", default=None, help="pitr: recover to this ISO time")
     parser.add_argument(
         "--accept-shrink",
@@ -68,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
         only=_only(args.only),
         quiet=args.quiet,
         accept_shrink=accept,
+        checks=[Path(p) for p in args.checks],
     )
 
 
@@ -80,9 +91,10 @@ def run(
     quiet: bool = False,
     accept_shrink: str | None = None,
     scenarios: Path = SCENARIOS,
+    checks: list[Path] | None = None,
 ) -> int:
-    """Run the drills of `config` (the scenarios in `scenarios`) in a new run directory;
-    return the exit code."""
+    """Run the drills of `config` (the scenarios in `scenarios`, then the team's own `checks`
+    and `[run] scenarios`) in a new run directory; return the exit code."""
     import pytest
 
     wanted = [k for k in config.configured_drills() if only is None or k in only]
@@ -95,9 +107,16 @@ def run(
         from drills.runtime import engine
 
         engine.connect()  # exit 3 with advice, before any drill starts
+    own = team_checks(config, checks or [])
     run_dir = new_run_dir(Path(config.report.dir))
-    argv = [str(scenarios), "-p", "no:cacheprovider", "--drill-run-dir", str(run_dir)]
+    argv = [str(scenarios), *map(str, own), "-p", "no:cacheprovider"]
+    for plugin in SUITE_PLUGINS:
+        argv += ["-p", plugin]
+    argv += ["--drill-run-dir", str(run_dir), "-c", str(SUITE_INI)]
     argv += ["--rootdir", str(SCENARIOS.parent), "-o", "console_output_style=classic"]
+    # The team's conftest.py files load from where its checks and configuration live.
+    homes = [*own, *([config.source.parent] if own and config.source else [])]
+    argv += ["--confcutdir", str(_common_dir(homes) if homes else scenarios)]
     if config_path or config.source:
         argv += ["--drill-config", str(config_path or config.source)]
     for key, value in overrides.items():
@@ -148,6 +167,23 @@ def run(
     if failed and all(d.get("error_type") == "EnvironmentProblem" for d in failed):
         return 3
     return 1
+
+
+def team_checks(config: Config, paths: list[Path]) -> list[Path]:
+    """The team's own checks: `[run] scenarios` (relative to the configuration file), then
+    the paths given on the command line; one that does not exist is a usage error."""
+    base = config.source.parent if config.source else Path.cwd()
+    found = [(base / p).resolve() for p in config.run.scenarios]
+    found += [p.resolve() for p in paths]
+    missing = [str(p) for p in found if not p.exists()]
+    if missing:
+        raise ConfigError(f"the team's checks: no such file or directory: {', '.join(missing)}")
+    return list(dict.fromkeys(found))
+
+
+def _common_dir(paths: list[Path]) -> Path:
+    dirs = [p if p.is_dir() else p.parent for p in paths]
+    return Path(os.path.commonpath([str(d) for d in dirs]))
 
 
 def new_run_dir(report_dir: Path) -> Path:
