@@ -46,12 +46,33 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="accept, for this run only, backups that shrank implausibly (a deliberate purge); "
         "the reason goes into the evidence",
     )
+    parser.add_argument(
+        "--estates", default=None, metavar="DIR", help="drill every estate: one *.toml each"
+    )
+    parser.add_argument(
+        "--jobs",
+        default=None,
+        metavar="N|auto",
+        help="with several estates: how many run at once (default 1; auto: fit the machine)",
+    )
+    parser.add_argument(
+        "--estate-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with several estates: the bound on each estate's run (default 4 h)",
+    )
     parser.set_defaults(func=main)
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by `drill run` and `drill demo`."""
-    parser.add_argument("--config", default=None, help="drill.toml (default: ./drill.toml)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="drill.toml (default: ./drill.toml); repeat it to drill several estates",
+    )
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {KINDS}")
     parser.add_argument("--report-dir", default=None, help="where runs are written")
     parser.add_argument(
@@ -63,17 +84,21 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the configured drills; return the exit code."""
     overrides = _overrides(args.set)
+    configs = list(args.config or [])
+    if len(configs) > 1 or getattr(args, "estates", None):
+        return _many(args, configs, overrides)
+    config_path = configs[0] if configs else None
     if args.report_dir:
         overrides["report.dir"] = args.report_dir
     if getattr(args, "target_time", None):
         overrides["pitr.target"] = args.target_time
-    config = load_config(args.config, overrides=overrides)
+    config = load_config(config_path, overrides=overrides)
     accept = getattr(args, "accept_shrink", None)
     if accept is not None and not accept.strip():
         raise ConfigError("--accept-shrink: give the reason (it goes into the evidence)")
     return run(
         config,
-        args.config,
+        config_path,
         overrides,
         only=_only(args.only),
         quiet=args.quiet,
@@ -167,6 +192,28 @@ def run(
     if failed and all(d.get("error_type") == "EnvironmentProblem" for d in failed):
         return 3
     return 1
+
+
+def _many(args: argparse.Namespace, configs: list[str], overrides: dict[str, str]) -> int:
+    """Several estates: each one's own `drill run`, `--jobs` at a time (drills.commands.estates)."""
+    from drills.commands import estates
+
+    paths = estates.configs_of(configs, args.estates)
+    plan = estates.plan(paths, args.report_dir, overrides)
+    jobs, reason = estates.choose_jobs(args.jobs, len(plan))
+    extra = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    extra += ["--only", args.only] if args.only else []
+    extra += ["--target-time", args.target_time] if args.target_time else []
+    extra += ["--accept-shrink", args.accept_shrink] if args.accept_shrink else []
+    extra += [*args.checks, *(["-q"] if args.quiet else [])]
+    return estates.run_estates(
+        plan,
+        jobs=jobs,
+        jobs_reason=reason,
+        extra=extra,
+        summary_root=Path(args.report_dir or "reports").resolve(),
+        timeout=args.estate_timeout or estates.DEFAULT_TIMEOUT_S,
+    )
 
 
 def team_checks(config: Config, paths: list[Path]) -> list[Path]:
