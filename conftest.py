@@ -10,4 +10,5 @@ pytest_plugins = [
     "fixtures.pitr",
     "fixtures.apps",
     "fixtures.receivers",
+    "fixtures.engines",
 ]

@@ -1,13 +1,17 @@
 """Many estates in one `drill run`: three estates drilled at once with `--jobs 3`, each in its
 own run (containers, history, signed run directory); a fault in one stays in that one, the
 combined summary names every verdict and checks every run's evidence, the exit code is the
-worst; an estate past its bound is stopped and leaves nothing behind.
+worst; an estate past its bound is stopped and leaves nothing behind; estates spread over two
+real Docker engines (a second dockerd on this machine), an engine that does not answer named.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import docker
 
 from drills.runtime import labels
 from drills.storage import open_storage
@@ -131,3 +135,36 @@ def test_an_estate_past_its_bound_is_stopped_and_leaves_nothing(
         assert entry["verdict"] == "fail"
         assert entry["problems"][-1] == "stopped after its bound of 6 s"
     assert not _left(docker_client, summary)
+
+
+def test_estates_spread_over_two_engines_and_a_down_one_is_reported(
+    tmp_path, docker_client, second_engine, estate_dump
+):
+    for name in ("alpha", "bravo", "charlie"):
+        _estate(tmp_path, name, estate_dump.data)
+    first = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    down = f"unix://{tmp_path / 'no-engine.sock'}"
+    env = {**os.environ, "DRILL_ENGINES": f"{first},{second_engine},{down}"}
+    reports = tmp_path / "reports"
+    result = drill_cli(
+        "run", "--estates", str(tmp_path / "estates"), "--jobs", "3",
+        "--report-dir", str(reports), "--only", "database,files", env=env, timeout=900,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert f"engine {down}: DOWN: does not answer" in output
+    (summary_dir,) = (reports / "estates").iterdir()
+    summary = json.loads((summary_dir / "summary.json").read_text())
+    assert summary["verdict"] == "pass"
+    states = {e["url"]: e["up"] for e in summary["engines"]}
+    assert states == {first: True, second_engine: True, down: False}
+    used = {entry["engine"] for entry in summary["estates"]}
+    assert used == {first, second_engine}  # both answered, both drilled; the down one none
+    assert all(entry["problems"] == [] for entry in summary["estates"])
+    # Nothing left on either engine.
+    assert not _left(docker_client, summary)
+    other = docker.DockerClient(base_url=second_engine)
+    try:
+        assert not _left(other, summary)
+    finally:
+        other.close()

@@ -201,6 +201,7 @@ def _many(args: argparse.Namespace, configs: list[str], overrides: dict[str, str
     paths = estates.configs_of(configs, args.estates)
     plan = estates.plan(paths, args.report_dir, overrides)
     jobs, reason = estates.choose_jobs(args.jobs, len(plan))
+    engines = estates.prepare_engines(estates.engines_of(paths, overrides))
     extra = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
     extra += ["--only", args.only] if args.only else []
     extra += ["--target-time", args.target_time] if args.target_time else []
@@ -213,6 +214,7 @@ def _many(args: argparse.Namespace, configs: list[str], overrides: dict[str, str
         extra=extra,
         summary_root=Path(args.report_dir or "reports").resolve(),
         timeout=args.estate_timeout or estates.DEFAULT_TIMEOUT_S,
+        engines=engines,
     )
 
 

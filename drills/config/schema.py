@@ -601,6 +601,12 @@ class RuntimeSettings:
     postgres_image: str | None = knob(None, "Restore into this image instead of ours.")
     pull: bool = knob(True, "Try a short registry pull before building an image offline.")
     step_timeout: float = knob(30 * MINUTE, "Bound on any external step with no bound of its own.")
+    engines: tuple[str, ...] = knob(
+        (),
+        "Docker engines that `drill run` with several estates spreads them over (unix://, "
+        "tcp://, ssh:// URLs, as DOCKER_HOST takes them; DRILL_ENGINES, comma-separated, "
+        "overrides); empty: the default engine.",
+    )
 
 
 @dataclass(frozen=True)
