@@ -212,16 +212,20 @@ class Display(threading.Thread):
         self.fd, self.phase, self.return_to, self.interval = fd, phase, return_to, interval
         self.drawn = 0
         """How many times the line was written."""
+        self.cpu_s = 0.0
+        """CPU seconds the display's thread used (known once it stopped)."""
         self._halt = threading.Event()
         self._shown = ""
         self._rates: dict[int, Rate] = {}
 
     def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            try:
+        try:
+            while not self._halt.wait(self.interval):
                 self._draw(self.render(time.monotonic()))
-            except OSError:
-                return  # the terminal went away: the restore goes on without it
+        except OSError:
+            pass  # the terminal went away: the restore goes on without it
+        finally:
+            self.cpu_s = time.thread_time()
 
     def render(self, now: float) -> str:
         """The text of the line at `now`."""
