@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import re
 import select
 import struct
@@ -18,6 +19,7 @@ from datetime import timedelta
 import pytest
 
 from drills.restore import progress
+from fixtures.estate_backups import put_files_snapshot, write_drill_toml
 from tests.test_drill_database import DB, DRILL, ROOT, _stamp, one_backup_store
 
 # The bulk database's dump: 45 MB of SQL, long enough to be watched for a few seconds.
@@ -137,15 +139,34 @@ def test_no_progress_into_pipes(tmp_path, dump_variants):
     assert not BYTES_OF_TOTAL.search(output)
 
 
-def test_no_progress_on_a_terminal_with_drill_progress_0(tmp_path, dump_variants):
+@pytest.mark.parametrize(
+    ("option", "env"),
+    [([], {progress.ENV: "0"}), (["--no-progress"], {})],
+    ids=["DRILL_PROGRESS=0", "--no-progress"],
+)
+def test_no_progress_on_a_terminal_when_turned_off(tmp_path, dump_variants, option, env):
     config, _ = _bulk_store(tmp_path, dump_variants)
-    code, output = _in_pty([*DRILL, "run", "--config", str(config)], _env(DRILL_PROGRESS="0"))
+    code, output = _in_pty([*DRILL, "run", "--config", str(config), *option], _env(**env))
     assert code == 0, output
     during = _during_test(output)
     assert "\r" not in during, during
     assert "\n" not in during, during
     assert not ETA.search(output)
     assert not BYTES_OF_TOTAL.search(output)
+
+
+def test_a_files_restore_on_a_terminal_shows_bytes_of_the_total(tmp_path, local_storage):
+    # Uploads large enough to be streamed (not prefetched whole) and watched for a while.
+    rng = random.Random(5)
+    files = {f"documents/scan {i:02d}.pdf": rng.randbytes(12_000_000) for i in range(6)}
+    put_files_snapshot(local_storage, files)
+    config = write_drill_toml(tmp_path, local_storage.url, "[files]\n")
+    code, output = _in_pty([*DRILL, "run", "--config", str(config), "--only", "files"], _env())
+    assert code == 0, output
+    drawn = [line for line in _lines(output) if BYTES_OF_TOTAL.search(line)]
+    assert drawn, f"no progress line with bytes of the total in:\n{output}"
+    assert {BYTES_OF_TOTAL.search(line).group(2) for line in drawn} == {"72.0 MB"}
+    assert any(line.startswith("restore  files/") for line in drawn), drawn
 
 
 @pytest.mark.parametrize(

@@ -348,6 +348,7 @@ class _TarSender(threading.Thread):
         info.size = size
         info.mode = 0o644
         reader = HashingReader(self.storage.open(key))
+        progress.follow(reader)
         with reader:
             try:
                 tar.addfile(info, reader)

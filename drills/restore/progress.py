@@ -54,13 +54,17 @@ class Meter:
         self.label, self.total = label, total
         self.started = time.monotonic()
         self.counters: list[Counter] = []
+        self.readers: list = []
+        """Streams that count what is read through them (`bytes_read`), as counters do."""
         self.stage: str | None = None
         self.stage_since = self.started
 
     @property
     def done(self) -> int:
         """Bytes read so far, by every counter."""
-        return sum(c.done for c in list(self.counters))
+        return sum(c.done for c in list(self.counters)) + sum(
+            r.bytes_read for r in list(self.readers)
+        )
 
     def step(self, name: str | None) -> None:
         """The restore is at a step without a byte count (indexes, ANALYZE); None: the bytes."""
@@ -83,7 +87,8 @@ def measuring(label: str, total: int | None) -> Iterator[Meter]:
 
 def current() -> Meter | None:
     """The meter opened last and still open, else None."""
-    return _meters[-1] if _meters else None
+    last = _meters[-1:]  # one step: the display's thread reads while a restore ends
+    return last[0] if last else None
 
 
 def counter() -> Counter:
@@ -93,6 +98,14 @@ def counter() -> Counter:
     if meter is not None:
         meter.counters.append(count)
     return count
+
+
+def follow(reader) -> None:
+    """Count a stream that counts itself (`bytes_read`, e.g. a HashingReader) in the current
+    meter, for a reading loop that is not ours (tarfile's)."""
+    meter = current()
+    if meter is not None:
+        meter.readers.append(reader)
 
 
 def step(name: str | None) -> None:
@@ -222,8 +235,8 @@ class Display(threading.Thread):
         try:
             while not self._halt.wait(self.interval):
                 self._draw(self.render(time.monotonic()))
-        except OSError:
-            pass  # the terminal went away: the restore goes on without it
+        except Exception:  # a terminal gone, or a line that cannot be drawn:
+            pass  # the restore goes on without its progress line, and so does its verdict
         finally:
             self.cpu_s = time.thread_time()
 
