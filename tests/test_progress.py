@@ -1,7 +1,9 @@
 """Progress on the terminal: a `drill run` of a real dump under a real pseudo-terminal shows
 the phase, the bytes read of the dump's size, the rate and the ETA on one rewritten line, and
-clears it; the same run into pipes, or with DRILL_PROGRESS=0, shows none of it. The line's
-parts (bytes, rate, ETA) are checked without Docker."""
+clears it; the same run into pipes, with DRILL_PROGRESS=0 or with --no-progress, shows none
+of it. A files drill and a real recovery (`drill restore database`) show theirs too, the
+recovery's messages each on a line of its own. The line's parts (bytes, rate, ETA) are checked
+without Docker."""
 
 from __future__ import annotations
 
@@ -167,6 +169,40 @@ def test_a_files_restore_on_a_terminal_shows_bytes_of_the_total(tmp_path, local_
     assert drawn, f"no progress line with bytes of the total in:\n{output}"
     assert {BYTES_OF_TOTAL.search(line).group(2) for line in drawn} == {"72.0 MB"}
     assert any(line.startswith("restore  files/") for line in drawn), drawn
+
+
+def test_a_recovery_on_a_terminal_shows_progress_below_its_messages(
+    tmp_path, local_storage, dump_variants, run_session, postgres_image
+):
+    from drills.runtime.postgres import start_postgres
+
+    name = f"database/{DB}_{_stamp(timedelta(minutes=2))}.sql"
+    local_storage.put_bytes(name, dump_variants["large"])
+    config = write_drill_toml(
+        tmp_path, local_storage.url, f'[database]\nname = "{DB}"\nchecks = ["{CHECK}"]\n'
+    )
+    server = start_postgres(postgres_image, run_session)
+    try:
+        code, output = _in_pty(
+            [
+                *DRILL, "restore", "database", "--config", str(config), "--yes",
+                "--no-safety-dump", "--to", f"postgresql://{server.user}@127.0.0.1:{server.port}/{DB}",
+            ],
+            _env(PGPASSWORD=server.password),
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert code == 0, output
+    drawn = [line for line in _lines(output) if BYTES_OF_TOTAL.search(line)]
+    assert drawn, f"no progress line with bytes of the total in:\n{output}"
+    assert any(RATE.search(line) for line in drawn), drawn
+    # Every message of the recovery starts on a line of its own: the progress line was cleared
+    # before it, never left in front of it.
+    starts = [m.start() for m in re.finditer("(?<! )restore: ", output)]  # not the plan's
+    assert len(starts) >= 3, output
+    for at in starts:
+        assert output[:at].endswith(("\n", "\r\x1b[K")), repr(output[at - 80 : at + 40])
+    assert "\x1b[K" in output.rsplit("restore: ", 1)[0]
 
 
 @pytest.mark.parametrize(

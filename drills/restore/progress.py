@@ -6,6 +6,8 @@ reading loop adds each chunk's length to it (an int add; one writer per counter,
 lock). A `Display` thread samples the counters at most `RATE_HZ` times a second and rewrites
 one line of the terminal with a carriage return; it clears the line when it stops. Without a
 display (not a terminal, `DRILL_PROGRESS=0`, `--no-progress`) nothing reads the counters.
+The displays are started by the pytest plugin for `drill run` and `drill demo` (one per
+drill, below pytest's test name) and by `drill restore` (below its messages).
 
     restore  database/app_20250115.sql.gz  120.5 MB / 292.0 MB  41%  35.2 MB/s  ETA 4.9 s
     restore  indexes and constraints  12.3 s
@@ -228,6 +230,7 @@ class Display(threading.Thread):
         self.cpu_s = 0.0
         """CPU seconds the display's thread used (known once it stopped)."""
         self._halt = threading.Event()
+        self._lock = threading.Lock()  # a line is drawn, or cleared for a message, at a time
         self._shown = ""
         self._rates: dict[int, Rate] = {}
 
@@ -256,12 +259,24 @@ class Display(threading.Thread):
 
     def _draw(self, text: str) -> None:
         text = text[: self._width() - 1]
-        if text == self._shown:
-            return
-        prefix = "\n" if not self.drawn and self.return_to else ""
-        os.write(self.fd, f"{prefix}\r{text}{_CLEAR_TO_END}".encode())
-        self._shown = text
-        self.drawn += 1
+        with self._lock:
+            if text == self._shown:
+                return
+            prefix = "\n" if not self.drawn and self.return_to else ""
+            os.write(self.fd, f"{prefix}\r{text}{_CLEAR_TO_END}".encode())
+            self._shown = text
+            self.drawn += 1
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Clear the line while the block prints a message of its own on the same terminal;
+        the next update draws it again below the message."""
+        with self._lock:
+            if self._shown:
+                with contextlib.suppress(OSError):
+                    os.write(self.fd, f"\r{_CLEAR_TO_END}".encode())
+                self._shown = ""
+            yield
 
     def _width(self) -> int:
         try:
