@@ -97,7 +97,10 @@ class Terminal:
 
     @classmethod
     def open(cls, config: pytest.Config) -> Terminal | None:
-        """Duplicate stderr if it is a terminal that should show progress."""
+        """Duplicate stderr if it is a terminal that should show progress: in a drill run
+        (`drill run`, `drill demo`), not in a test session of the project's own."""
+        if not config.getoption("--drill-run-dir", None):
+            return None
         if config.getoption("--drill-no-progress", False) or not progress.wanted(2):
             return None
         # At configure time pytest's capture is suspended: fd 2 is the user's terminal.
