@@ -2,12 +2,14 @@
 the phase, the bytes read of the dump's size, the rate and the ETA on one rewritten line, and
 clears it; the same run into pipes, with DRILL_PROGRESS=0 or with --no-progress, shows none
 of it. A files drill and a real recovery (`drill restore database`) show theirs too, the
-recovery's messages each on a line of its own. The line's parts (bytes, rate, ETA) are checked
-without Docker."""
+recovery's messages each on a line of its own. A download counts every byte, from a local
+directory and from S3's ranged GETs. The line's parts (bytes, rate, ETA) are checked without
+Docker."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import random
 import re
@@ -21,6 +23,7 @@ from datetime import timedelta
 import pytest
 
 from drills.restore import progress
+from drills.restore.fetch import PART, Part, download
 from fixtures.estate_backups import put_files_snapshot, write_drill_toml
 from tests.test_drill_database import DB, DRILL, ROOT, _stamp, one_backup_store
 
@@ -203,6 +206,16 @@ def test_a_recovery_on_a_terminal_shows_progress_below_its_messages(
     for at in starts:
         assert output[:at].endswith(("\n", "\r\x1b[K")), repr(output[at - 80 : at + 40])
     assert "\x1b[K" in output.rsplit("restore: ", 1)[0]
+
+
+def test_a_download_counts_every_byte_from_either_storage(backup_storage, tmp_path):
+    # From S3, a dump past two parts is fetched in parallel ranged GETs, each counted.
+    data = random.Random(3).randbytes(2 * PART + 1_234_567)
+    backup_storage.put_bytes("database/app.dump", data)
+    part = Part("app.dump", "database/app.dump", len(data), hashlib.sha256(data).hexdigest())
+    with progress.measuring(part.key, part.size) as meter:
+        download(backup_storage, part, tmp_path / "app.dump")
+        assert meter.done == len(data)
 
 
 @pytest.mark.parametrize(
