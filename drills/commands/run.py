@@ -79,6 +79,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress line on the terminal (also DRILL_PROGRESS=0); none off a terminal",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -104,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         accept_shrink=accept,
         checks=[Path(p) for p in args.checks],
+        progress=not args.no_progress,
     )
 
 
@@ -117,6 +123,7 @@ def run(
     accept_shrink: str | None = None,
     scenarios: Path = SCENARIOS,
     checks: list[Path] | None = None,
+    progress: bool = True,
 ) -> int:
     """Run the drills of `config` (the scenarios in `scenarios`, then the team's own `checks`
     and `[run] scenarios`) in a new run directory; return the exit code."""
@@ -149,6 +156,8 @@ def run(
     argv += ["--drill-only", ",".join(wanted)]
     if accept_shrink:
         argv += ["--drill-accept-shrink", accept_shrink]
+    if not progress:
+        argv += ["--drill-no-progress"]
     if config.report.junit:
         argv += [f"--junitxml={run_dir / 'junit.xml'}"]
     if config.report.pytest_html:

@@ -35,7 +35,7 @@ import docker.errors
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError, IntegrityError, StorageError
 from drills.record import DrillRecord
-from drills.restore import damage, filetype
+from drills.restore import damage, filetype, progress
 from drills.restore.common import Drain
 from drills.restore.damage import Trace
 from drills.restore.prefetch import Item, Prefetch, Wanted
@@ -177,8 +177,15 @@ def restore_files(
         e.shown for p, e in stored.entries.items() if p not in want.entries and e.kind != DIR
     )
     workers = LOCAL_WORKERS if isinstance(storage, LocalStorage) else S3_WORKERS
+    # The terminal's progress line: the bytes of the files to stream, out of their listed sizes.
+    sizes = sum(
+        e.size for p, e in want.files.items() if not e.hardlink and p not in restored.missing
+    )
     try:
-        with _Helper(client, session, image, volume, read_only=False) as helper:
+        with (
+            progress.measuring(backup.key, sizes),
+            _Helper(client, session, image, volume, read_only=False) as helper,
+        ):
             argv = ["tar", "-x", "--numeric-owner", "-f", "-", "-C", MOUNT]
             untar = subprocess.Popen(
                 helper.exec_argv(argv, interactive=True),
@@ -586,6 +593,7 @@ class _SnapshotSender(threading.Thread):
         self.streamed: dict[str, FileState] = {}
         self.heads: dict[str, filetype.Head] = {}
         self.bytes_read = 0
+        self.count = progress.counter()
         self.etags: dict[str, Verdict] = {}
         self.error: BaseException | None = None
 
@@ -651,10 +659,11 @@ class _SnapshotSender(threading.Thread):
             state, head = FileState(len(item.data), item.sha256), item.data[: filetype.SAMPLE]
             if etag is not None:
                 etag.update(item.data)
+            self.count.done += len(item.data)
         else:
             member.size = item.wanted.size
             reader = HashingReader(self._open(item.wanted))
-            tap = _HeadTap(reader, etag)
+            tap = _HeadTap(reader, etag, self.count)
             with reader:
                 try:
                     tar.addfile(member, tap)
@@ -693,13 +702,17 @@ class _HeadTap:
     """Passes reads through, keeping the first `filetype.SAMPLE` bytes for the plausibility
     checks: the head of every file is seen on the way to the volume, never read twice."""
 
-    def __init__(self, stream: HashingReader, etag: EtagCheck | None = None) -> None:
+    def __init__(
+        self, stream: HashingReader, etag: EtagCheck | None, count: progress.Counter
+    ) -> None:
         self.stream = stream
         self.etag = etag
+        self.count = count
         self.head = b""
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
+        self.count.done += len(data)
         if self.etag is not None:
             self.etag.update(data)
         if len(self.head) < filetype.SAMPLE:
