@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import docker
@@ -115,25 +116,40 @@ def test_three_estates_at_once_a_fault_stays_in_its_estate(tmp_path, docker_clie
     assert "junit.xml" in tampered.stdout, tampered.stdout
 
 
-def test_an_estate_past_its_bound_is_stopped_and_leaves_nothing(
+def test_a_hanging_estate_is_stopped_at_its_bound_and_blocks_no_other(
     tmp_path, docker_client, estate_dump
 ):
+    """bravo's storage accepts connections and never answers (S3 over a socket nobody
+    reads): its run is stopped at the bound, while alpha, beside it, passes."""
     first = _estate(tmp_path, "alpha", estate_dump.data)
-    second = _estate(tmp_path, "bravo", estate_dump.data)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the kernel; nothing ever answers
+    port = silent.getsockname()[1]
+    second = tmp_path / "estates" / "bravo.toml"
+    second.write_text(
+        f'[estate]\nname = "bravo"\n[storage]\nurl = "s3://silent/backups"\n'
+        f'endpoint_url = "http://127.0.0.1:{port}"\n{SECTIONS}'
+    )
     reports = tmp_path / "reports"
-    result = drill_cli(
-        "run", "--config", str(first), "--config", str(second), "--jobs", "auto",
-        "--estate-timeout", "6", "--report-dir", str(reports), "--only", "database",
-        timeout=600,
-    )  # fmt: skip
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    try:
+        result = drill_cli(
+            "run", "--config", str(first), "--config", str(second), "--jobs", "auto",
+            "--estate-timeout", "45", "--report-dir", str(reports), "--only", "database",
+            env=env, timeout=600,
+        )  # fmt: skip
+    finally:
+        silent.close()
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-4000:]
-    assert "--jobs auto chose" in output
+    assert "--jobs auto chose 2" in output
     (summary_dir,) = (reports / "estates").iterdir()
     summary = json.loads((summary_dir / "summary.json").read_text())
-    for entry in summary["estates"]:
-        assert entry["verdict"] == "fail"
-        assert entry["problems"][-1] == "stopped after its bound of 6 s"
+    entries = {e["estate"]: e for e in summary["estates"]}
+    assert entries["alpha"]["verdict"] == "pass"
+    assert entries["bravo"]["verdict"] == "fail"
+    assert entries["bravo"]["problems"][-1] == "stopped after its bound of 45 s"
     assert not _left(docker_client, summary)
 
 
