@@ -20,7 +20,7 @@ from drills.config.errors import ConfigError
 from drills.notify import announce_incomplete, announce_run
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-KINDS = ("database", "files", "config", "system", "pitr", "freshness", "recovery")
+KINDS = ("database", "files", "config", "system", "pitr", "freshness", "storage", "recovery")
 CONTAINER_DRILLS = {"database", "files", "system", "pitr", "recovery"}
 
 
@@ -89,7 +89,8 @@ def run(
     if not wanted:
         raise ConfigError(
             "nothing to drill: the configuration has no [database], [files], [config], [app], "
-            "[pitr] or [recovery] section" + (f" among --only {','.join(only)}" if only else "")
+            "[pitr], [posture] or [recovery] section"
+            + (f" among --only {','.join(only)}" if only else "")
         )
     if CONTAINER_DRILLS & set(wanted):
         from drills.runtime import engine
