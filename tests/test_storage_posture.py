@@ -319,6 +319,10 @@ def test_drill_run_fails_a_bare_bucket_naming_the_cause_and_the_fix(
     html = (outcome.run_dir / "drill-report.html").read_text()
     assert "Storage posture" in html
     assert "put-bucket-encryption" in html
+    status = drill_cli("status", "--config", str(config), env={**os.environ, **s3_env(embedded_s3)})
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert "  storage: FAILED" in status.stdout
+    assert "cause: check failed: versioning is on" in status.stdout
 
 
 def test_drill_run_passes_a_guarded_bucket(embedded_s3, tmp_path, guarded_bucket):
@@ -376,3 +380,23 @@ def test_drill_run_only_storage_without_posture_says_how_to_turn_it_on(tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "[posture]" in result.stderr + result.stdout
     assert not (tmp_path / "reports" / "latest").exists()
+
+
+def test_a_bucket_with_a_default_retention_takes_the_producers_uploads(
+    embedded_s3, tmp_path, locked_bucket
+):
+    # Such a bucket refuses a PUT without Content-MD5 (or a checksum), as AWS does.
+    embedded_s3.client().put_object_lock_configuration(
+        Bucket=locked_bucket,
+        ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
+                                 "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}},
+    )  # fmt: skip
+    storage = s3_storage_on(embedded_s3, f"s3://{locked_bucket}")
+    dump = tmp_path / "app_20250115_020000.sql.gz"
+    dump.write_bytes(b"a small dump")
+    storage.put_file(f"database/{dump.name}", dump)
+    storage.put_bytes(f"database/{dump.name}.manifest.json", b"{}")
+    tag = storage.create("database/.drill-lock-app", b"held")
+    storage.replace("database/.drill-lock-app", b"renewed", tag)
+    assert storage.read_bytes(f"database/{dump.name}") == b"a small dump"
+    assert storage.read_bytes("database/.drill-lock-app") == b"renewed"
