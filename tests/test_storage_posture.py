@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from drills.checks.posture import assess, tls_statement
+from drills.commands.demo import RUNBOOK_LIFECYCLE
 from drills.config import load_config
 from drills.config.errors import ConfigError
 from drills.storage import open_storage
@@ -21,14 +22,6 @@ from fixtures.estate_backups import drill_cli, run_drill, write_drill_toml
 from fixtures.storage import s3_storage_on
 from tests.producer_kit import s3_env
 
-RUNBOOK_LIFECYCLE = {
-    "ID": "runbook",
-    "Status": "Enabled",
-    "Filter": {"Prefix": ""},
-    "Transitions": [{"Days": 30, "StorageClass": "STANDARD_IA"},
-                    {"Days": 90, "StorageClass": "GLACIER"}],
-    "Expiration": {"Days": 365},
-}  # fmt: skip
 ALL_FLAGS = {
     "BlockPublicAcls": True,
     "IgnorePublicAcls": True,
@@ -108,6 +101,7 @@ def test_a_guarded_bucket_passes_every_check_with_what_was_read(
     assert found["encryption"].evidence == "default encryption: aws:kms (key alias/backups)"
     assert "RestrictPublicBuckets=true" in found["public_access"].evidence
     assert "DenyInsecureTransport" in found["tls_only"].evidence
+    assert "runbook-30-90-365 on the whole bucket" in found["lifecycle"].evidence
     assert "expire after 365 days" in found["lifecycle"].evidence
     assert "GLACIER after 90 days" in found["lifecycle"].evidence
 

@@ -221,9 +221,10 @@ def _object_lock(facts: BucketFacts, answer: Any, storage: S3Storage, config: Co
         )
     mode = retention.get("Mode")
     period = (retention.get("Days") or 0) * DAY + (retention.get("Years") or 0) * 365 * DAY
-    length = (
-        f"{retention['Years']} years" if retention.get("Years") else f"{retention.get('Days')} days"
+    count, unit = (
+        (retention["Years"], "year") if retention.get("Years") else (retention.get("Days"), "day")
     )
+    length = f"{count} {unit}{'' if count == 1 else 's'}"
     evidence = (
         f"Object Lock enabled, default retention {mode} {length}; the RPO window to cover "
         f"is {human(window)} (the longest RPO target of the kinds stored)"
