@@ -394,3 +394,21 @@ def test_a_bucket_with_a_default_retention_takes_the_producers_uploads(
     storage.replace("database/.drill-lock-app", b"renewed", tag)
     assert storage.read_bytes(f"database/{dump.name}") == b"a small dump"
     assert storage.read_bytes("database/.drill-lock-app") == b"renewed"
+
+
+def test_local_copies_beside_a_bucket_are_checked_too(embedded_s3, tmp_path, guarded_bucket):
+    copies = local_store(tmp_path / "copies", file_mode=0o644)
+    found = findings_of(
+        embedded_s3, tmp_path, guarded_bucket, f'[backup]\nlocal_dir = "{copies}"\n[posture]\n'
+    )
+    assert [name for name, f in found.items() if not f.passed] == ["permissions"]
+    assert f"3 too open under {copies}" in found["permissions"].evidence
+    assert found["owner"].passed
+
+
+def test_a_bucket_check_asked_of_a_local_store_fails_saying_why(tmp_path):
+    root = local_store(tmp_path)
+    found = local_findings(tmp_path, root, 'required = ["versioning"]\n')
+    assert list(found) == ["versioning"]
+    assert not found["versioning"].passed
+    assert "is a local directory, not a bucket" in found["versioning"].evidence
