@@ -1,62 +1,26 @@
-"""The storage posture: whether the storage itself protects the backups, check by check.
-
-Each check reads what the storage answered (`drills.storage.posture`) and gives a `Finding`:
-passed or not, the evidence it rests on, and, when it failed, the setting that would fix it.
-On a bucket: versioning, Object Lock (mode, and a default retention covering the RPO window),
-default encryption, the public access block, a policy refusing non-TLS access, lifecycle
-rules that never expire a backup before the promised retention. On a local store: modes no
-looser than `[posture] file_mode`/`dir_mode`, and one owner, the backup user.
-
-A setting the store would not show (access denied, not implemented) fails its check with that
-cause: a posture that cannot be read is not a posture that holds.
-
-Example::
-
-    findings = assess(storage, config)
-    for f in findings:
-        print(f.name, f.passed, f.evidence, f.fix)
-"""
+"""The bucket checks: versioning, Object Lock, default encryption, public access, TLS only,
+lifecycle; each judged from what the bucket answered (`drills.storage.posture.read_bucket`)."""
 
 from __future__ import annotations
 
 import json
-import pwd
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from drills.checks.posture.finding import Finding
 from drills.config import Config
 from drills.config.clock import human
-from drills.config.schema import (
-    DAY,
-    POSTURE_BUCKET_CHECKS,
-    POSTURE_CHECKS,
-    POSTURE_LOCAL_CHECKS,
-    PostureSettings,
-)
-from drills.record import DrillRecord
-from drills.storage import LocalStorage, Storage
-from drills.storage.posture import BucketFacts, TreeFacts, read_bucket, read_tree
+from drills.config.schema import DAY, PostureSettings
+from drills.storage import Storage
+from drills.storage.posture import BucketFacts
 from drills.storage.s3 import S3Storage
 
-TITLES = {
-    "versioning": "versioning is on",
-    "object_lock": "Object Lock covers the RPO window",
-    "encryption": "default encryption is set",
-    "public_access": "public access is blocked",
-    "tls_only": "the bucket policy refuses non-TLS access",
-    "lifecycle": "lifecycle rules keep backups for the promised retention",
-    "permissions": "local backups are not readable by group or others",
-    "owner": "local backups are owned by the backup user",
-}
 PUBLIC_ACCESS_FLAGS = (
     "BlockPublicAcls",
     "IgnorePublicAcls",
     "BlockPublicPolicy",
     "RestrictPublicBuckets",
 )
-SHOWN_PATHS = 5
 # The kinds of backup each drill section stores, and the key of its prefix.
 SECTION_PREFIXES = {
     "database": ("database",),
@@ -64,52 +28,6 @@ SECTION_PREFIXES = {
     "config": ("config",),
     "pitr": ("wal", "base"),
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One posture check: its name, whether it passed, what it read, and how to fix it."""
-
-    name: str
-    passed: bool
-    evidence: str
-    fix: str = ""
-
-    @property
-    def title(self) -> str:
-        """The check in words ("versioning is on")."""
-        return TITLES[self.name]
-
-    def as_dict(self, required: bool) -> dict[str, Any]:
-        """The finding as drill.json keeps it under `posture`."""
-        return {
-            "check": self.name,
-            "title": self.title,
-            "required": required,
-            "passed": self.passed,
-            "evidence": self.evidence,
-            "fix": "" if self.passed else self.fix,
-        }
-
-
-# --- which checks, and what is promised ----------------------------------------------------
-
-
-def local_stores(storage: Storage, config: Config) -> list[Path]:
-    """The local directories backups lie in: a file:// storage, and `[backup] local_dir`."""
-    roots = [Path(storage.root)] if isinstance(storage, LocalStorage) else []
-    if config.backup.local_dir and Path(config.backup.local_dir) not in roots:
-        roots.append(Path(config.backup.local_dir))
-    return roots
-
-
-def required_checks(settings: PostureSettings, storage: Storage, config: Config) -> list[str]:
-    """`[posture] required`, else the default: every bucket check on an s3:// storage, and
-    permissions and owner wherever backups lie in a local directory."""
-    if settings.required is not None:
-        return list(settings.required)
-    found = list(POSTURE_BUCKET_CHECKS) if isinstance(storage, S3Storage) else []
-    return found + (list(POSTURE_LOCAL_CHECKS) if local_stores(storage, config) else [])
 
 
 def promised_retention_s(config: Config) -> float:
@@ -137,33 +55,10 @@ def backup_prefixes(storage: S3Storage, config: Config) -> list[str]:
     return [storage.prefix + getattr(prefixes, k) for k in keys]
 
 
-def assess(storage: Storage, config: Config, checks: list[str] | None = None) -> list[Finding]:
-    """Run the posture checks named (default: the required and informative ones of
-    `[posture]`) against the storage and the local stores; one finding each, in order."""
-    settings = config.posture or PostureSettings()
-    if checks is None:
-        wanted = set(required_checks(settings, storage, config)) | set(settings.informative)
-        checks = [name for name in POSTURE_CHECKS if name in wanted]
-    findings = []
-    bucket = None
-    if any(name in POSTURE_BUCKET_CHECKS for name in checks) and isinstance(storage, S3Storage):
-        bucket = read_bucket(storage)
-    trees = [read_tree(root) for root in local_stores(storage, config) if root.exists()]
-    missing = [root for root in local_stores(storage, config) if not root.exists()]
-    for name in checks:
-        if name in POSTURE_BUCKET_CHECKS:
-            findings.append(_bucket_finding(name, bucket, storage, config))
-        else:
-            findings.append(_local_finding(name, trees, missing, settings))
-    return findings
-
-
-# --- the bucket ----------------------------------------------------------------------------
-
-
-def _bucket_finding(
+def bucket_finding(
     name: str, facts: BucketFacts | None, storage: Storage, config: Config
 ) -> Finding:
+    """The finding of one bucket check; `facts` None: the storage is no bucket."""
     if facts is None:
         return Finding(
             name,
@@ -466,130 +361,3 @@ _BUCKET_JUDGES = {
     "tls_only": _tls_only,
     "lifecycle": _lifecycle,
 }
-
-
-# --- local stores --------------------------------------------------------------------------
-
-
-def _local_finding(
-    name: str, trees: list[TreeFacts], missing: list[Path], settings: PostureSettings
-) -> Finding:
-    if missing:
-        where = ", ".join(map(str, missing))
-        return Finding(
-            name,
-            False,
-            f"no such directory: {where}",
-            "create it, or correct [storage] url / [backup] local_dir",
-        )
-    if not trees:
-        return Finding(
-            name,
-            False,
-            "the backups lie in no local directory (an s3:// storage and no [backup] local_dir)",
-            "list this check only for a local store",
-        )
-    return _permissions(trees, settings) if name == "permissions" else _owner(trees, settings)
-
-
-def _permissions(trees: list[TreeFacts], settings: PostureSettings) -> Finding:
-    file_mode, dir_mode = int(settings.file_mode, 8), int(settings.dir_mode, 8)
-    loose, parts, fixes = [], [], []
-    for tree in trees:
-        files = [e for e in tree.entries if not e.is_dir]
-        dirs = [e for e in tree.entries if e.is_dir]
-        bad = [e for e in tree.entries if e.mode & ~(dir_mode if e.is_dir else file_mode)]
-        links = f", {tree.symlinks} symlinks not followed" if tree.symlinks else ""
-        parts.append(f"{tree.root}: {len(files)} files, {len(dirs)} directories{links}")
-        if bad:
-            shown = ", ".join(f"{_shown(tree, e)} ({e.mode:03o})" for e in bad[:SHOWN_PATHS])
-            more = f" and {len(bad) - SHOWN_PATHS} more" if len(bad) > SHOWN_PATHS else ""
-            loose.append(f"{len(bad)} too open under {tree.root}: {shown}{more}")
-            fixes.append(
-                f"find {tree.root} -type f -exec chmod {_removal(file_mode)} {{}} + && find "
-                f"{tree.root} -type d -exec chmod {_removal(dir_mode)} {{}} +"
-            )
-    allowed = f"files at most {settings.file_mode}, directories at most {settings.dir_mode}"
-    evidence = f"{'; '.join(parts)}; allowed: {allowed}"
-    if loose:
-        fix = "; ".join(fixes) + " (and `umask 077` in the backup job, so new backups are made so)"
-        return Finding("permissions", False, f"{'; '.join(loose)} ({evidence})", fix)
-    return Finding("permissions", True, evidence)
-
-
-def _removal(allowed: int) -> str:
-    """The chmod that takes away every permission bit `allowed` lacks: 0o640 -> u-x,g-wx,o-rwx,
-    0o700 -> go-rwx."""
-    gone: dict[str, str] = {}
-    for who, shift in (("u", 6), ("g", 3), ("o", 0)):
-        bits = "".join(c for c, bit in (("r", 4), ("w", 2), ("x", 1)) if not allowed >> shift & bit)
-        if bits:
-            gone[bits] = gone.get(bits, "") + who
-    return ",".join(f"{who}-{bits}" for bits, who in gone.items()) or "u+r"
-
-
-def _owner(trees: list[TreeFacts], settings: PostureSettings) -> Finding:
-    parts, wrong, fixes = [], [], []
-    for tree in trees:
-        expected = _uid(settings.owner) if settings.owner else tree.root_uid
-        whose = (
-            f"{settings.owner} ([posture] owner)"
-            if settings.owner
-            else f"{_user_name(expected)}, the owner of {tree.root}"
-        )
-        if expected is None:
-            return Finding(
-                "owner",
-                False,
-                f"[posture] owner {settings.owner}: no such user on this machine",
-                "set [posture] owner to the backup user",
-            )
-        bad = [e for e in tree.entries if e.uid != expected]
-        parts.append(f"{tree.root}: {len(tree.entries)} entries, expected owner {whose}")
-        if bad:
-            shown = ", ".join(f"{_shown(tree, e)} ({_user_name(e.uid)})" for e in bad[:SHOWN_PATHS])
-            more = f" and {len(bad) - SHOWN_PATHS} more" if len(bad) > SHOWN_PATHS else ""
-            wrong.append(f"{len(bad)} owned by another user under {tree.root}: {shown}{more}")
-            fixes.append(f"chown -R {_user_name(expected)} {tree.root}")
-    evidence = "; ".join(parts)
-    if wrong:
-        fix = "; ".join(fixes) + " (and run the backup job as that user)"
-        return Finding("owner", False, f"{'; '.join(wrong)} ({evidence})", fix)
-    return Finding("owner", True, evidence)
-
-
-def _shown(tree: TreeFacts, entry: Any) -> str:
-    return str(tree.root) if entry.path == "." else entry.path
-
-
-def _uid(user: str) -> int | None:
-    if user.isdigit():
-        return int(user)
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        return None
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def record_findings(record: DrillRecord, findings: list[Finding], required: list[str]) -> None:
-    """Put the findings into a drill's record: required ones as its checks (a failed one
-    fails the drill, its fix in the evidence), informative ones as notes; all of them, with
-    evidence and fix, under `posture`."""
-    record.extra["posture"] = [f.as_dict(f.name in required) for f in findings]
-    for finding in findings:
-        detail = finding.evidence if finding.passed else f"{finding.evidence}; fix: {finding.fix}"
-        if finding.name in required:
-            record.check(finding.title, finding.passed, detail)
-        elif not finding.passed:
-            record.notes.append(f"informative, not required: {finding.title}: FAILED: {detail}")
-    if not required:
-        record.notes.append(
-            "no posture check is required ([posture] required = []): the verdict rests on nothing"
-        )
