@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     runbook_cmd.register(commands)
 
     from drills.commands import init as init_cmd
+    from drills.commands import merge as merge_cmd
 
     init_cmd.register(commands)
+    merge_cmd.register(commands)
 
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")

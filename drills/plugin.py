@@ -123,11 +123,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     if report.skipped:
         record.verdict = "not_run"
-        record.error = _skip_reason(report)
+        record.error = skip_reason(report)
     elif report.failed:
         record.verdict = "fail"
         if record.error is None:
-            record.error = _causes(record, _cause(call))
+            record.error = _causes(record, cause_of(call))
             if call.excinfo is not None:
                 exc = call.excinfo.value
                 record.extra["error_type"] = type(exc).__name__
@@ -157,7 +157,8 @@ def _describe_containers(item: pytest.Item, record: DrillRecord, with_logs: bool
         record.notes.append(f"the run's containers could not be described: {exc!r}")
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
+def skip_reason(report: pytest.TestReport) -> str:
+    """Why a test was skipped, without pytest's prefix."""
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2]).removeprefix("Skipped: ")
@@ -173,7 +174,8 @@ def _causes(record: DrillRecord, cause: str) -> str:
     return "; ".join([*earlier, cause])
 
 
-def _cause(call: pytest.CallInfo) -> str:
+def cause_of(call: pytest.CallInfo) -> str:
+    """What stopped a test: its exception's message (an assertion's first line)."""
     if call.excinfo is None:
         return "failed"
     exc = call.excinfo.value

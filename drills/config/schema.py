@@ -673,6 +673,17 @@ class ReportSettings:
     signing_key_path: str | None = knob(None, "File holding the evidence signing key.")
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """[run]: what `drill run` runs beside the built-in drills."""
+
+    scenarios: tuple[str, ...] = knob(
+        (),
+        "The team's own checks, run with the drills: pytest files or directories (relative to "
+        'the configuration file), e.g. ["drills/"]; see docs/custom-checks.md.',
+    )
+
+
 def _textfile(path: str) -> str | None:
     if not path.startswith("/"):
         return f"must be an absolute path, got {show(path)}"
@@ -777,6 +788,7 @@ class Config:
     backup: BackupSettings = knob(factory=BackupSettings, doc="The producers' local side.")
     runtime: RuntimeSettings = knob(factory=RuntimeSettings, doc="Containers and steps.")
     report: ReportSettings = knob(factory=ReportSettings, doc="Reports.")
+    run: RunSettings = knob(factory=RunSettings, doc="The team's own checks.")
     notify: NotifySettings = knob(factory=NotifySettings, doc="Notifications.")
     metrics: MetricsSettings = knob(factory=MetricsSettings, doc="Prometheus metrics.")
     source: Path | None = knob(None, "The file the settings were read from; None: no file.")

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 import docker
@@ -241,6 +242,36 @@ def landed_files(
         message = result.stderr.decode(errors="replace").strip() or "no message"
         raise FilesRestoreError(f"volume {volume}: listing or hashing its files failed: {message}")
     return Landed(_parse_listing(result.stdout, volume))
+
+
+def read_restored_file(
+    client: docker.DockerClient,
+    session: RunSession,
+    volume: str,
+    path: str,
+    *,
+    image: str,
+    timeout: float,
+) -> bytes:
+    """The content of one file of `volume` (a path relative to its root), read from a
+    read-only container; a path that leaves the volume is refused."""
+    relative = PurePosixPath(path.lstrip("/"))
+    if ".." in relative.parts or not relative.parts:
+        raise FilesRestoreError(f"{path!r}: not a path inside the restored uploads")
+    with _Helper(client, session, image, volume, read_only=True) as helper:
+        try:
+            result = subprocess.run(
+                helper.exec_argv(["cat", "--", f"{MOUNT}/{relative}"]),
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise StepTimeout(f"reading {path} did not finish within {timeout:.0f} s") from None
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip() or "no message"
+        raise FilesRestoreError(f"volume {volume}: cannot read {path}: {message}")
+    return result.stdout
 
 
 def check_files(
