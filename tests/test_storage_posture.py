@@ -181,6 +181,13 @@ def test_a_half_guarded_bucket_fails_the_one_check_it_breaks(
     assert found[check].fix
 
 
+def test_a_bucket_that_cannot_be_read_fails_every_check_naming_why(embedded_s3, tmp_path):
+    found = findings_of(embedded_s3, tmp_path, f"missing-{uuid.uuid4().hex[:8]}")
+    assert [name for name, f in found.items() if f.passed] == []
+    assert all("could not be read" in f.evidence for f in found.values())
+    assert all(f.evidence.endswith(": no such bucket") for f in found.values())
+
+
 def test_governance_mode_passes_when_accepted(embedded_s3, tmp_path, locked_bucket):
     guard(embedded_s3.client(), locked_bucket, mode="GOVERNANCE")
     found = findings_of(

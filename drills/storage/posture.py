@@ -22,6 +22,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from drills.config.errors import StorageError
 from drills.storage.s3 import S3Storage
 
 # The error each GET answers when the setting was never made: not a failure to read it.
@@ -66,6 +67,11 @@ def read_bucket(storage: S3Storage) -> BucketFacts:
         "lifecycle": lambda: client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"],
     }
     facts = BucketFacts(bucket, storage.prefix, storage.endpoint_url)
+    try:
+        storage.check()  # unreachable, no such bucket, denied: one named cause for every setting
+    except StorageError as exc:
+        facts.errors = dict.fromkeys(requests, str(exc))
+        return facts
     for name, request in requests.items():
         try:
             facts.answers[name] = request()
