@@ -7,6 +7,8 @@
 - `service`: the application's answers over HTTP; `recovery_point`: the recovered point
   from the data; `projection`: the RTO projected to production size;
 - `conclusion`: the steps a scenario is told in (locate, describe, conclude the verdict).
+- `posture`: how the storage itself protects the backups (a bucket's settings, a local
+  store's modes and owner), each check with its evidence and fix.
 
 It may import `drills.restore`, `drills.backup` (the heartbeat's table), `drills.runtime`,
 `drills.storage`, `drills.record` and `drills.config`; only `drills.recovery` and the face

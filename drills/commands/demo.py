@@ -5,7 +5,8 @@
    directory of generated images and documents, config files holding fake secrets (with the
    app's docker-compose.yml, which the system drill brings up on the restored data), the API.
 2. Start the embedded S3 (moto's server, its own process, on 127.0.0.1).
-3. Back the estate up with the producers (`drill backup database|files|config`).
+3. Back the estate up with the producers (`drill backup database|files|config`) into a
+   bucket protected as the runbook asks (the storage drill reads it back).
 4. Run every drill against it (`drill run` with the generated drill.toml) and say where the
    report is.
 
@@ -40,6 +41,15 @@ from drills.storage.s3server import EmbeddedS3
 BUCKET = "drishti-backups"
 PITR_WINDOW_S = 4.0
 PASSPHRASE_ENV = "DRILL_CONFIG_PASSPHRASE"
+RUNBOOK_LIFECYCLE = {
+    "ID": "runbook-30-90-365",
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "Transitions": [{"Days": 30, "StorageClass": "STANDARD_IA"},
+                    {"Days": 90, "StorageClass": "GLACIER"}],
+    "Expiration": {"Days": 365},
+}  # fmt: skip
+"""The original runbook's lifecycle: infrequent access at 30 days, archive at 90, gone at 365."""
 
 
 def demo_config(
@@ -99,6 +109,15 @@ dsn = "{dsn}"
 archive_dir = "{workdir / "archive"}"
 heartbeat_interval = "1s"
 
+[posture]
+# The storage drill: the demo protects its bucket as the runbook asks (versioning, Object
+# Lock, default encryption, no public access, the runbook's 30/90/365-day lifecycle). The
+# embedded S3 speaks plain HTTP, and a policy refusing plain HTTP would refuse the drills too:
+# tls_only is shown, failing, with its fix, and not required here. The local copies' modes
+# and owner are shown too.
+required = ["versioning", "object_lock", "encryption", "public_access", "lifecycle"]
+informative = ["tls_only", "permissions", "owner"]
+
 [backup]
 local_dir = "{workdir / "local-backups"}"
 
@@ -128,7 +147,8 @@ def main(
     try:
         say(f"starting the embedded estate (scale {scale})")
         s3 = EmbeddedS3().start()
-        s3.client().create_bucket(Bucket=BUCKET)
+        s3.client().create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+        protect_bucket(s3.client(), BUCKET)
         # The drills read S3 credentials from the standard AWS chain, as with a real store.
         os.environ.update(
             AWS_ACCESS_KEY_ID=s3.access_key_id,
@@ -183,6 +203,29 @@ def main(
         shutil.rmtree(workdir, ignore_errors=True)
     say(f"{'PASS' if status == 0 else 'FAIL'} in {time.monotonic() - started:.1f} s")
     return status
+
+
+def protect_bucket(client, bucket: str) -> None:
+    """What the runbook asks of the backup bucket, set as a user would (no TLS-only policy:
+    the embedded server speaks plain HTTP)."""
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    retention = {"Mode": "COMPLIANCE", "Days": 1}  # covers the longest RPO, 24 h
+    client.put_object_lock_configuration(
+        Bucket=bucket,
+        ObjectLockConfiguration={"ObjectLockEnabled": "Enabled",
+                                 "Rule": {"DefaultRetention": retention}},
+    )  # fmt: skip
+    default = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+    client.put_bucket_encryption(
+        Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [default]}
+    )
+    flags = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+    client.put_public_access_block(
+        Bucket=bucket, PublicAccessBlockConfiguration=dict.fromkeys(flags, True)
+    )
+    client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [RUNBOOK_LIFECYCLE]}
+    )
 
 
 def open_storage_of(config) -> object:

@@ -24,7 +24,7 @@ from drills.suite import SCENARIOS
 # starts in, and the suite's fixtures are loaded by name.
 SUITE_INI = SCENARIOS.parent / "pytest.ini"
 SUITE_PLUGINS = ("drills.suite.fixtures", "drills.suite.public")
-KINDS = ("database", "files", "config", "system", "pitr", "freshness", "recovery")
+KINDS = ("database", "files", "config", "system", "pitr", "freshness", "storage", "recovery")
 CONTAINER_DRILLS = {"database", "files", "system", "pitr", "recovery"}
 
 
@@ -133,7 +133,8 @@ def run(
     if not wanted:
         raise ConfigError(
             "nothing to drill: the configuration has no [database], [files], [config], [app], "
-            "[pitr] or [recovery] section" + (f" among --only {','.join(only)}" if only else "")
+            "[pitr], [posture] or [recovery] section"
+            + (f" among --only {','.join(only)}" if only else "")
         )
     if CONTAINER_DRILLS & set(wanted):
         from drills.runtime import engine

@@ -90,7 +90,7 @@ COMMAND_LINE = "command line"
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _NUMBER = r"\d+(?:\.\d+)?"
 _DURATION = re.compile("".join(f"(?:(?P<{unit}>{_NUMBER}){unit})?" for unit in _UNITS))
-_DRILL_SECTIONS = ("database", "files", "config", "app", "pitr")
+_DRILL_SECTIONS = ("database", "files", "config", "app", "pitr", "posture")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -462,6 +462,12 @@ def _validate(config: Config, sources: _Sources, label: str) -> None:
             f" {', '.join(drills)}): file:///abs/dir or s3://bucket/prefix, in the file,"
             " DRILL_STORAGE_URL or the command line"
         )
+    posture = config.posture
+    both = set(posture.required or ()) & set(posture.informative) if posture else set()
+    if both:
+        origin = sources.origin(("posture", "required"), ("posture", "informative"))
+        listed = ", ".join(sorted(both))
+        raise ConfigError(f"{origin}: [posture] {listed} is both required and informative")
     if config.config is not None:
         for name in config.config.optional:
             if name not in config.config.paths:

@@ -568,6 +568,61 @@ class RecoverySettings:
     )
 
 
+POSTURE_BUCKET_CHECKS = ("versioning", "object_lock", "encryption", "public_access", "tls_only",
+                         "lifecycle")  # fmt: skip
+POSTURE_LOCAL_CHECKS = ("permissions", "owner")
+POSTURE_CHECKS = POSTURE_BUCKET_CHECKS + POSTURE_LOCAL_CHECKS
+
+
+def _user(user: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", user):
+        return None
+    return f"must be a user name or numeric uid, got {show(user)}"
+
+
+def _posture_checks(names: tuple[str, ...]) -> str | None:
+    unknown = [name for name in names if name not in POSTURE_CHECKS]
+    if not unknown:
+        return None
+    listed, known = ", ".join(map(show, unknown)), ", ".join(POSTURE_CHECKS)
+    return f"holds unknown checks {listed} (known: {known})"
+
+
+@dataclass(frozen=True)
+class PostureSettings:
+    """[posture]: the storage posture drill (kind `storage`); the section turns it on.
+
+    It reads how the storage itself protects the backups: a bucket's versioning, Object Lock,
+    default encryption, public access block, TLS-only policy and lifecycle rules; a local
+    store's file modes and owner.
+    """
+
+    required: tuple[str, ...] | None = knob(
+        None,
+        "Checks that fail the drill; unset: every bucket check on an s3:// storage, and "
+        "permissions and owner wherever backups lie in a local directory.",
+        check=_posture_checks,
+    )
+    informative: tuple[str, ...] = knob(
+        (), "Checks run and reported that never fail the drill.", check=_posture_checks
+    )
+    owner: str | None = knob(
+        None,
+        "The backup user (name or numeric uid) every local backup file must belong to; unset: "
+        "the owner of the store's root directory.",
+        check=_user,
+    )
+    file_mode: str = knob(
+        "600", "Loosest mode a local backup file may have (the runbook asks for 600).", check=_mode
+    )
+    dir_mode: str = knob("700", "Loosest mode a local backup directory may have.", check=_mode)
+    accept_governance: bool = knob(
+        False,
+        "Accept Object Lock in GOVERNANCE mode (a user allowed s3:BypassGovernanceRetention can "
+        "still delete); false: only COMPLIANCE protects against stolen credentials.",
+    )
+
+
 @dataclass(frozen=True)
 class BackupSettings:
     """[backup]: the producers: local copies, staging, retention, bounds."""
@@ -735,6 +790,7 @@ class Config:
     app: AppSettings | None = knob(None, "The application; None: no full-system drill.")
     pitr: PitrSettings | None = knob(None, "Point-in-time recovery; None: not drilled.")
     recovery: RecoverySettings | None = knob(None, "The recovery commands' drill; None: not run.")
+    posture: PostureSettings | None = knob(None, "The storage posture drill; None: not run.")
     backup: BackupSettings = knob(factory=BackupSettings, doc="The producers' local side.")
     runtime: RuntimeSettings = knob(factory=RuntimeSettings, doc="Containers and steps.")
     report: ReportSettings = knob(factory=ReportSettings, doc="Reports.")
@@ -752,6 +808,8 @@ class Config:
             drills.append("pitr")
         if drills or self.pitr is not None:
             drills.append("freshness")
+        if self.posture is not None:
+            drills.append("storage")  # opt-in: how the storage itself protects the backups
         if self.recovery is not None:
             drills.append("recovery")  # opt-in: it stands up its own throwaway production
         return drills

@@ -16,7 +16,8 @@ Example::
 
 The package: `base` (the interface), `local` and `s3` (its two implementations, chosen by
 `open_storage` here), `catalog` (which backups there are: latest, at or before a time),
-`manifest` (a backup's sidecar), `walfile` (WAL file names), `s3server` (the embedded S3).
+`manifest` (a backup's sidecar), `walfile` (WAL file names), `s3server` (the embedded S3),
+`posture` (a bucket's protective settings, a local store's modes and owners).
 It may import `drills.config` only; every part above it may import it.
 """
 
