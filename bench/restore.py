@@ -56,6 +56,7 @@ CPU_TARGETS = {
     "progress_cpu_vs_none_plain": ("drill-restore-plain-progress", "drill-restore-plain", 1.02),
 }
 RSS_MB = 150.0
+CHECKS_SHARE = 0.03  # the checks alone: under 3% of the restore phase
 START_S = 3.0
 
 
@@ -205,6 +206,12 @@ def _targets(summary: dict) -> dict:
         base = methods.get(over, {}).get("cpu_median_s")
         if value is not None and base:
             judge(name, round(value / base, 3), bound)
+    # The soundness checks alone: the whole drill's validate phase (object inventory, row
+    # counts, amcheck, the SQL checks, plausibility) over its restore phase. The completeness
+    # scan reads the stream inside the restore and is in the drill-restore rows.
+    phases = methods.get("drill", {}).get("phases_median_s") or {}
+    if phases.get("validate") is not None and phases.get("restore"):
+        judge("checks_vs_restore", round(phases["validate"] / phases["restore"], 3), CHECKS_SHARE)
     rss = [e["peak_rss_mb_max"] for e in methods.values() if "peak_rss_mb_max" in e]
     judge("rss_mb", max(rss) if rss else None, RSS_MB)
     judge("start_s", summary["restore_target_start_median_s"], START_S)
