@@ -316,19 +316,6 @@ def history_entry(document: dict, run: str) -> dict[str, Any]:
     }
 
 
-def append_history(report_dir: Path, document: dict, run: str) -> None:
-    """Append the run to `<report_dir>/history.jsonl`, once (a second call is a no-op)."""
-    if any(entry.get("run") == run for entry in read_history(report_dir)):
-        return
-    line = json.dumps(history_entry(document, run), separators=(",", ":")) + "\n"
-    # One write of one line in append mode: concurrent runs cannot interleave inside a line.
-    descriptor = os.open(report_dir / HISTORY, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(descriptor, line.encode())
-    finally:
-        os.close(descriptor)
-
-
 def read_history(report_dir: Path) -> list[dict[str, Any]]:
     """The runs in `<report_dir>/history.jsonl`, oldest first; unreadable lines are skipped."""
     path = report_dir / HISTORY
