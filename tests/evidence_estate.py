@@ -1,6 +1,6 @@
 """A small config estate whose drills run in about a second: real `drill run --only config`
 runs (no container: the config drill reads a tar.gz from file:// storage), for the tests of
-the history's chain and the evidence bundle."""
+the history's chain and the evidence bundle; and the `signer` fixture they share."""
 
 from __future__ import annotations
 
@@ -11,12 +11,22 @@ import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.test_evidence import drill
 
 
 def _name(hours_ago: int) -> str:
     # Recent enough for the config RPO (24 h): a stale backup would fail every drill.
     return f"config_{datetime.now(UTC) - timedelta(hours=hours_ago):%Y%m%d_%H%M%S}.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory) -> Path:
+    """A key pair made by `drill keygen`."""
+    key = tmp_path_factory.mktemp("keys") / "signing.key"
+    assert drill("keygen", str(key)).returncode == 0
+    return key
 
 
 def config_estate(directory: Path, key: Path | None, name: str = "audit") -> Path:

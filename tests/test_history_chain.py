@@ -18,16 +18,11 @@ from pathlib import Path
 import pytest
 
 from drills.report.verdicts import last_drills
+from tests import evidence_estate
 from tests.evidence_estate import break_newest, config_estate, copy_reports, mend, run_config
 from tests.test_evidence import ROOT, drill
 
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory) -> Path:
-    """A key pair made by `drill keygen`."""
-    key = tmp_path_factory.mktemp("keys") / "signing.key"
-    assert drill("keygen", str(key)).returncode == 0
-    return key
+signer = evidence_estate.signer  # the fixture, shared with the bundle's tests
 
 
 @pytest.fixture(scope="module")

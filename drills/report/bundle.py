@@ -108,7 +108,8 @@ def build(
     else:
         files[EXCERPT] = b""
     built_at = now or datetime.now(UTC)
-    window = [records[i].data for i in inside]
+    # The page reads oldest first (a failure's follow-up is the next passing run).
+    window = sorted((records[i].data for i in inside), key=lambda r: r.get("started_at") or "")
     estate = estate or next((r.get("estate") for r in window if r.get("estate")), None)
     verification = {
         "checked_at": built_at.isoformat(),

@@ -315,8 +315,10 @@ def _check_order(check: ChainCheck) -> None:
         after = by_seq[end + 1]
         what = f"record {start}" if start == end else f"records {start} to {end}"
         last = after.chain.get("prev_run")
+        verb = "is" if start == end else "are"
         check.problems.append(
-            f"removed: {what} (the run before {after.run} was {last}) is missing from the history"
+            f"removed: {what} (the run before {after.run} was {last}) {verb} missing from "
+            "the history"
         )
 
 

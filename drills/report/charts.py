@@ -179,8 +179,10 @@ def history_svg(
     for index, point in enumerate(points):
         parts.append(_history_dot(x_of(index), point, y_of, top + plot_h))
     for index in sorted({0, len(points) - 1}):
+        # The last label ends at its point, so that it is not cut at the chart's right edge.
+        anchor = "end" if index and index == len(points) - 1 else "middle"
         parts.append(
-            f'<text x="{x_of(index):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+            f'<text x="{x_of(index):.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}" '
             f'class="tick">{escape(points[index].label)}</text>'
         )
     parts.append("</svg>")

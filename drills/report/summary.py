@@ -146,11 +146,14 @@ def _failures(drills: list[tuple[dict, str, dict]]) -> list[dict[str, Any]]:
 
 
 def _retention(drills: list[tuple[dict, str, dict]]) -> list[dict[str, Any]]:
-    """Per kind of backup: the oldest and newest backup a drill restored, and how many."""
+    """Per kind of backup: the oldest and newest backup a drill restored, and how many.
+
+    Only passing drills count: a backup a drill failed on was not restored.
+    """
     picked: dict[str, dict[str, str | None]] = {}
     for _, kind, result in drills:
         backup = result.get("backup") or {}
-        if backup.get("key"):
+        if backup.get("key") and result["verdict"] == "pass":
             picked.setdefault(BACKUP_KIND.get(kind, kind), {})[backup["key"]] = backup.get(
                 "taken_at"
             )
