@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from drills.config import load_config
-from drills.report import bundle, finalize_run
+from drills.report import bundle, finalize_run, record_incomplete
 from tests import evidence_estate
 from tests.browser import HEIGHT, WIDTH, assert_a4, console_errors, open_page, png_size, requested
 from tests.evidence_estate import break_newest, config_estate, run_config
@@ -37,6 +37,7 @@ signer = evidence_estate.signer  # the fixture, shared with the chain's tests
 
 WINDOW = ("2025-01-01", "2025-12-31")
 FAILED = {(2025, 3, 5), (2025, 6, 20), (2025, 12, 20)}
+INTERRUPTED = datetime(2025, 9, 12, 2, tzinfo=UTC)
 OUTSIDE = [datetime(2024, 12, 20, 2, tzinfo=UTC), datetime(2026, 1, 5, 2, tzinfo=UTC)]
 # The keys finalize_run adds; a document as pytest wrote it has none of them.
 FINALIZED = ("estate", "run", "environment", "evidence", "history", "notifications", "artefacts")
@@ -98,6 +99,10 @@ def estate(tmp_path_factory, signer, templates) -> dict:
         (run_dir / "drill.json").write_text(json.dumps(document, indent=2) + "\n")
         finalize_run(run_dir, settings)
         runs.append(run_dir.name)
+    # A run interrupted before its drills wrote anything: recorded as `drill run` records it.
+    interrupted = reports / INTERRUPTED.strftime("%Y%m%dT%H%M%S.%fZ")
+    interrupted.mkdir()
+    record_incomplete(interrupted, settings, "the run did not complete (pytest exit 2)")
     out = config.parent / "bundle.zip"
     began = time.monotonic()
     result = drill("evidence", "--config", str(config), "--since", WINDOW[0], "--until",
@@ -105,7 +110,7 @@ def estate(tmp_path_factory, signer, templates) -> dict:
     took = time.monotonic() - began
     assert result.returncode == 0, result.stdout + result.stderr
     # Measured, not asserted (speed belongs in bench/): printed for the record with -s.
-    print(f"\nbundle of a year ({len(year())} runs): drill evidence took {took:.2f} s")
+    print(f"\nbundle of a year ({len(year())} runs, 1 interrupted): drill evidence took {took:.2f} s")
     return {"config": config, "bundle": out, "runs": runs, "public": Path(f"{signer}.pub")}
 
 
@@ -124,7 +129,7 @@ def test_a_year_of_runs_becomes_a_bundle_that_verifies_offline(estate, tmp_path)
     result = drill("verify-report", str(alone / "bundle.zip"), "--public-key",
                    str(alone / "signer.pub"))  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{len(year())} run(s)" in result.stdout
+    assert f"{len(year()) + 1} run(s)" in result.stdout  # and the interrupted one
     assert "each verified, and their chain excerpt whole" in result.stdout
 
 
@@ -137,10 +142,12 @@ def test_the_bundle_holds_every_run_of_the_window_and_only_those(estate):
         for name in ("drill.json", "drill.json.sig", "drill-report.html"):
             assert f"runs/{run}/{name}" in files
     # The excerpt: the window's records and one on each side, whose links it checks.
+    # The interrupted run, recorded last, is in it with the last of the outside runs before it.
     excerpt = [json.loads(line) for line in files["chain/history.jsonl"].splitlines()]
-    assert len(excerpt) == len(year()) + 2
+    assert len(excerpt) == len(year()) + 3
     assert excerpt[0]["started_at"].startswith("2024-12-20")
-    assert excerpt[-1]["started_at"].startswith("2026-01-05")
+    assert excerpt[-2]["started_at"].startswith("2026-01-05")
+    assert excerpt[-1]["verdict"] == "incomplete"
     verification = json.loads(files["chain/verification.json"])
     assert verification["whole"] is True
     assert verification["problems"] == []
@@ -160,6 +167,7 @@ def test_the_summary_shows_months_failures_follow_ups_gaps_retention_and_control
     # March's failure was followed up on the 20th, 15 days later; December's was not.
     assert "2025-03-20 02:00:00 UTC (15d 00h later)" in page
     assert "none in the window: not followed up" in page
+    assert '(<span class="mono">20250912T020000.000000Z</span>): the run did not complete' in page
     assert "config/config_20250104_200000.tar.gz" in page  # the oldest backup drilled
     # The newest restored: December 5th's (the drill of the 20th failed, restoring nothing).
     assert '<br><span class="mono">config/config_20251204_200000.tar.gz</span></td></tr>' in page
@@ -289,3 +297,23 @@ def test_summary_page_shows_its_verdict_months_charts_failures_and_controls(page
     assert layout["banner"]["top"] < 100
     assert layout["banner"]["text"].startswith("Recovery evidence of audited")
     assert "2025-08" in layout["months"]["text"]
+
+
+def test_a_lost_run_directory_keeps_its_record_in_the_bundle(estate, tmp_path):
+    reports = Path(shutil.copytree(estate["config"].parent / "reports", tmp_path / "reports"))
+    lost = "20250620T020000.000000Z"  # a failed run
+    shutil.rmtree(reports / lost)
+    out = tmp_path / "lost.zip"
+    result = drill("evidence", str(reports), "--config", str(estate["config"]), "--since",
+                   WINDOW[0], "--until", WINDOW[1], "--out", str(out))  # fmt: skip
+    assert result.returncode == 1
+    assert f"drill: run {lost}: its directory is missing; its record is in the bundle" in (
+        result.stdout
+    )
+    files = members(out)
+    assert not any(name.startswith(f"runs/{lost}/") for name in files)
+    assert lost in files["chain/history.jsonl"].decode()
+    check = drill("verify-report", str(out), "--public-key", str(estate["public"]))
+    assert check.returncode == 1
+    assert f"runs/{lost}/: missing; record " in check.stderr
+    assert f"(run {lost}, fail, line " in check.stderr

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +226,59 @@ def test_concurrent_runs_do_not_fork_the_chain(tmp_path, signer):
     assert sorted(r["chain"]["seq"] for r in records) == [0, 1, 2, 3]
     result = verify(reports, "--public-key", f"{signer}.pub")
     assert result.returncode == 0, result.stdout
+
+
+HANGS = """
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.drill("config")
+def test_a_drill_that_hangs(drill):
+    drill("config")
+    Path(os.environ["HANGING"]).touch()
+    time.sleep(120)
+"""
+
+
+def test_an_interrupted_run_is_chained_with_its_reason(tmp_path, signer):
+    """A stand-in scenario that hangs, interrupted as Ctrl-C would: the real config drill
+    ends within a second, too fast to interrupt at a chosen moment."""
+    config = config_estate(tmp_path, signer)
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "test_hangs.py").write_text(HANGS)
+    script = (
+        "import sys; from pathlib import Path; from drills.commands.run import run; "
+        "from drills.config import load_config; "
+        f"sys.exit(run(load_config({str(config)!r}), {str(config)!r}, {{}}, only=['config'], "
+        f"quiet=True, scenarios=Path({str(scenarios)!r})))"
+    )
+    hanging = tmp_path / "hanging"
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "HANGING": str(hanging)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not hanging.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 1, output
+    assert "drill: the run did not complete (pytest exit 2)" in output
+    reports = config.parent / "reports"
+    record = json.loads(lines(reports)[-1])
+    assert record["verdict"] == "incomplete"
+    assert record["reason"] == "the run did not complete (pytest exit 2)"
+    assert record["chain"]["signature"]
+    assert run_config(config)[0].returncode == 0
+    result = verify(reports, "--public-key", f"{signer}.pub")
+    assert result.returncode == 0, result.stdout
+    assert "OK: 2 chained record(s), whole" in result.stdout

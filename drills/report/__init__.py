@@ -28,7 +28,7 @@ from drills.config.schema import Config, redact_text
 from drills.report import chain, evidence
 from drills.report.html import REPORT, history_points, write_report
 
-__all__ = ["REPORT", "finalize_run", "write_report"]
+__all__ = ["REPORT", "finalize_run", "record_incomplete", "write_report"]
 
 HOST_TOOLS = {
     "pg_dump": ["pg_dump", "--version"],
@@ -38,6 +38,8 @@ HOST_TOOLS = {
     "docker engine": ["docker", "version", "--format", "{{.Server.Version}}"],
 }
 RUN_DIR_STAMP = "%Y%m%dT%H%M%S.%fZ"
+# The verdict of a run that did not complete, in its history record.
+INCOMPLETE = "incomplete"
 
 
 def finalize_run(
@@ -101,6 +103,32 @@ def finalize_run(
     )
     if problem:
         raise ConfigError(f"the run's evidence is not signed: {problem}")
+
+
+def record_incomplete(run_dir: Path, config: Config, reason: str) -> None:
+    """Chain a run that did not complete (interrupted, no drill.json): its record says so,
+    with the reason, so that it cannot vanish from the history either. Never raises."""
+    report_dir = run_dir.parent
+    try:
+        key = evidence.signing_key(config.report, report_dir)
+    except ConfigError:
+        key = None  # the run's own failure is the news; an unsigned record still chains
+    document = run_dir / evidence.DOCUMENT
+    entry = {
+        "run": run_dir.name,
+        "estate": config.estate.name,
+        "started_at": _run_started(run_dir),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "verdict": INCOMPLETE,
+        "reason": redact_text(reason),
+        "drills": {},
+    }
+    try:
+        chain.append(
+            report_dir, entry, evidence.sha256_file(document) if document.is_file() else None, key
+        )
+    except OSError as exc:
+        print(f"drill: the history could not record the incomplete run: {exc}")
 
 
 def _run_started(run_dir: Path) -> str | None:

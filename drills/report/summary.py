@@ -74,6 +74,7 @@ def view(
         "failed_runs": sum(1 for r in records if r.get("verdict") != "pass"),
         "charts": _charts(drills, seen),
         "failures": _failures(drills),
+        "incomplete": [r for r in records if r.get("verdict") == "incomplete"],
         "gaps": [g for g in gaps if g["months"]],
         "configured": list(kinds),
         "retention": _retention(drills),
