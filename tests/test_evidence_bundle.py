@@ -110,7 +110,7 @@ def estate(tmp_path_factory, signer, templates) -> dict:
     took = time.monotonic() - began
     assert result.returncode == 0, result.stdout + result.stderr
     # Measured, not asserted (speed belongs in bench/): printed for the record with -s.
-    print(f"\nbundle of a year ({len(year())} runs, 1 interrupted): drill evidence took {took:.2f} s")
+    print(f"\na year ({len(year())} runs, 1 interrupted): drill evidence took {took:.2f} s")
     return {"config": config, "bundle": out, "runs": runs, "public": Path(f"{signer}.pub")}
 
 
