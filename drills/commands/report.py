@@ -139,8 +139,8 @@ def _verify_bundle(path: Path, public_key: Path | None) -> int:
     whose = "the given key" if public_key else "the key embedded in the bundle"
     print(
         f"drill: OK: bundle signed by {signer} ({whose}); {files} files match; {runs} run(s) "
-        f"from {result.manifest.get('since')} to {result.manifest.get('until')}, each "
-        "verified, and their chain excerpt whole"
+        f"started from {result.manifest.get('since')} to before {result.manifest.get('until')},"
+        " each verified, and their chain excerpt whole"
     )
     if public_key is None:
         print("drill: pass --public-key to prove the signer is who you expect")

@@ -1,5 +1,8 @@
 """Evidence for auditors: artefact hashes in drill.json, its Ed25519 signature, the history.
 
+(The history's records are appended, chained and signed by `drills.report.chain`; bundles
+of an audit window are made by `drills.report.bundle`.)
+
 A run directory holds `drill.json` and the run's artefacts (junit.xml, pytest-report.html,
 allure-results/, drill-report.html). `seal()` records the sha256 of every artefact in
 drill.json under `artefacts` and, given a key, signs drill.json's exact bytes into
