@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from drills.config.errors import ConfigError
-from drills.report import chain, evidence, summary
+from drills.report import chain, evidence, period
 from drills.report.html import parse_time
 
 MANIFEST = "MANIFEST.json"
@@ -121,7 +121,7 @@ def build(
         "missing_run_directories": missing,
     }
     files[VERIFICATION] = (json.dumps(verification, indent=2) + "\n").encode()
-    page = summary.view(
+    page = period.view(
         window,
         since,
         until,
@@ -131,7 +131,7 @@ def build(
         built_at=built_at.isoformat(),
         fingerprint=evidence.fingerprint(public),
     )
-    files[summary.SUMMARY] = summary.render_summary(page).encode()
+    files[period.SUMMARY] = period.render_summary(page).encode()
     files[PUBLIC_KEY] = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -1,4 +1,4 @@
-"""The summary page of an evidence bundle: every drill of an audit window on one page.
+"""The summary page of an evidence bundle: every drill of an audit period on one page.
 
 Drawn from the history records of the runs in the window (and the chain's verification):
 drills per month and kind, pass and fail counts, RTO and RPO against their targets over
