@@ -8,20 +8,25 @@ runtime factory, labelled with the benchmark's run, and removed after each measu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.estate import DATABASE, ROLES, EstateDumps
-from drills.restore import analyze_database, jobs, restore_database
+from drills.restore import analyze_database, jobs, progress, restore_database
 from drills.restore.common import Secrets
 from drills.runtime.gpg import Passphrase, gpg_pipe
 from drills.runtime.labels import RunSession
@@ -263,11 +268,12 @@ def _host(as_user: list[str], argv: list[str], env: dict[str, str] | None = None
 
 
 def drill_restore(
-    variant: str, s3: bool = False
+    variant: str, s3: bool = False, shown: bool = False
 ) -> Callable[[RunSession, str, EstateDumps], Measurement]:
     """The drill's restore phase (`drills.restore.restore_database`) into a restore target,
     from the dumps' directory or (`s3`) from a bucket of the embedded S3 server; ANALYZE,
-    a step of its own in the drill, is timed apart."""
+    a step of its own in the drill, is timed apart. `shown`: with the progress line drawn
+    on a pseudo-terminal all along, as `drill run` draws it on the user's."""
 
     def run(session: RunSession, image: str, dumps: EstateDumps) -> Measurement:
         secrets = None
@@ -282,11 +288,14 @@ def drill_restore(
         try:
             meter = CpuMeter(pg)
             started = time.monotonic()
-            result = restore_database(
-                storage, backup, pg, DATABASE, timeout=TIMEOUT, analyze=False, secrets=secrets
-            )
+            with _progress_on_a_terminal() if shown else contextlib.nullcontext() as display:
+                result = restore_database(
+                    storage, backup, pg, DATABASE, timeout=TIMEOUT, analyze=False, secrets=secrets
+                )
             seconds = time.monotonic() - started
             extra = meter.stop()
+            if display is not None:
+                extra["progress"] = {"updates": display.drawn, "cpu_s": display.cpu_s}
             analyze_s = analyze_database(pg, DATABASE, timeout=TIMEOUT)
             extra["stages"] = {**result.stages, "analyze": analyze_s}
             extra["method"] = result.method
@@ -295,6 +304,32 @@ def drill_restore(
             pg.stop()
 
     return run
+
+
+@contextlib.contextmanager
+def _progress_on_a_terminal() -> Iterator[progress.Display]:
+    """The progress display of `drill run`, drawing on a pseudo-terminal whose other side a
+    thread reads, as a terminal emulator would."""
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+
+    def read() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(controller, 65536):
+                pass
+
+    reader = threading.Thread(target=read, daemon=True, name="terminal")
+    reader.start()
+    started = time.monotonic()
+    display = progress.Display(terminal, lambda: ("restore", time.monotonic() - started))
+    display.start()
+    try:
+        yield display
+    finally:
+        display.stop()
+        os.close(terminal)
+        reader.join(timeout=5)
+        os.close(controller)
 
 
 # The original runbook's encrypted copy of the plain gzip dump (`gpg --symmetric --cipher-algo
@@ -443,6 +478,12 @@ METHODS = {
         "drill restore phase (plain gzip)",
         False,
         drill_restore("plain-gzip"),
+    ),
+    "drill-restore-plain-progress": Method(
+        "drill-restore-plain-progress",
+        "drill restore phase (plain gzip), progress on a pty",
+        False,
+        drill_restore("plain-gzip", shown=True),
     ),
     "drill-restore-gpg": Method(
         "drill-restore-gpg",

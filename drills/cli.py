@@ -39,7 +39,9 @@ def _demo(args: argparse.Namespace) -> int:
     from drills.commands import demo
 
     only = [k.strip() for k in args.only.split(",")] if args.only else None
-    return demo.main(scale=args.scale, report_dir=args.report_dir, only=only)
+    return demo.main(
+        scale=args.scale, report_dir=args.report_dir, only=only, progress=not args.no_progress
+    )
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -86,13 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     runbook_cmd.register(commands)
 
     from drills.commands import init as init_cmd
+    from drills.commands import merge as merge_cmd
 
     init_cmd.register(commands)
+    merge_cmd.register(commands)
 
     demo = commands.add_parser("demo", help="drill the embedded default estate end to end")
     demo.add_argument("--scale", type=int, default=1, help="size of the generated estate")
     demo.add_argument("--report-dir", default="reports", help="where the run is written")
     demo.add_argument("--only", default=None, help="comma-separated subset of the drills")
+    demo.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress line on the terminal (also DRILL_PROGRESS=0); none off a terminal",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

@@ -48,6 +48,33 @@ def _manifest(data: bytes, counts: dict[str, int], age: timedelta, **changes) ->
 
 def drill_run(tmp_path: Path, name: str, data: bytes, manifest: str | None = None, **kw) -> dict:
     """Put one backup into a fresh file:// storage, run `drill run`, return the outcome."""
+    config = one_backup_store(tmp_path, name, data, manifest)
+    result = subprocess.run(
+        [*DRILL, "run", "--config", str(config), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        **kw,
+    )
+    document = json.loads((tmp_path / "reports" / "latest" / "drill.json").read_text())
+    database = next(d for d in document["drills"] if d["kind"] == "database")
+    return {"exit": result.returncode, "drill": database, "output": result.stdout + result.stderr}
+
+
+DRILL = [sys.executable, "-m", "drills.cli"]
+
+
+def one_backup_store(
+    tmp_path: Path,
+    name: str,
+    data: bytes,
+    manifest: str | None = None,
+    check: str = "SELECT count(*) > 0 FROM users",
+) -> Path:
+    """A file:// storage holding one database backup under `tmp_path`, and its drill.toml
+    (reports into `tmp_path/reports`, `check` the configured SQL check); return the
+    drill.toml's path."""
     store = tmp_path / "backups" / "database"
     store.mkdir(parents=True)
     (store / name).write_bytes(data)
@@ -60,7 +87,7 @@ def drill_run(tmp_path: Path, name: str, data: bytes, manifest: str | None = Non
 url = "file://{tmp_path / "backups"}"
 [database]
 name = "{DB}"
-checks = ["SELECT count(*) > 0 FROM users"]
+checks = ["{check}"]
 [report]
 dir = "{tmp_path / "reports"}"
 html = false
@@ -68,17 +95,7 @@ pytest_html = false
 allure = false
 """
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "drills.cli", "run", "--config", str(config), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        **kw,
-    )
-    document = json.loads((tmp_path / "reports" / "latest" / "drill.json").read_text())
-    database = next(d for d in document["drills"] if d["kind"] == "database")
-    return {"exit": result.returncode, "drill": database, "output": result.stdout + result.stderr}
+    return config
 
 
 def _gz(data: bytes) -> bytes:

@@ -208,9 +208,12 @@ def test_systemd_timer_and_cron_line_run_the_drill_monthly(tmp_path):
         assert ran.stdout == expected
 
 
-def test_example_scenario_is_a_pytest_test_using_the_restored_database(tmp_path):
+def test_the_example_check_runs_with_the_drill_on_its_restore(tmp_path, estate_dump):
+    """The project `drill init` writes drills a real dump: its example check (a plain pytest
+    test asking for `restored_database`) runs on the drill's restore and is one of the
+    database drill's checks."""
     store = tmp_path / "backups"
-    runbook_store(store, gzip.compress(b"--\n"))
+    runbook_store(store, estate_dump.data)
     result, project = init(tmp_path, "--storage", store.as_uri())
     assert result.returncode == 0, result.stderr
     source = (project / "drills/test_custom_example.py").read_text()
@@ -220,7 +223,12 @@ def test_example_scenario_is_a_pytest_test_using_the_restored_database(tmp_path)
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
     ]
     assert [[a.arg for a in t.args.args] for t in tests] == [["restored_database"]]
-    assert "fixture" in source
+    ran = drill("run", "--only", "database", cwd=project, timeout=600)
+    assert ran.returncode == 0, (ran.stdout + ran.stderr)[-3000:]
+    document = json.loads((project / "reports" / "latest" / "drill.json").read_text())
+    database = next(d for d in document["drills"] if d["kind"] == "database")
+    checks = {c["name"]: c["passed"] for c in database["checks"]}
+    assert checks[f"team check {tests[0].name}"] is True
 
 
 def test_never_overwrites_without_force(tmp_path):

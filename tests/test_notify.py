@@ -218,11 +218,22 @@ def test_refused_and_hung_channels_are_reported_bounded_and_change_no_exit_code(
 
 def test_status_notify_sends_the_overdue_kind(tmp_path, local_storage, http_receiver):
     put_files_snapshot(local_storage, uploads(), age=timedelta(days=2))
+    textfile = tmp_path / "node" / "drill.prom"
+    textfile.parent.mkdir()
+    textfile.write_text("# the last run's metrics, which the status must not replace\n")
     config = _config(
-        tmp_path, local_storage.url, f'webhook_url = "{http_receiver.url}/hooks/{TOKEN}"\n'
+        tmp_path,
+        local_storage.url,
+        f'webhook_url = "{http_receiver.url}/hooks/{TOKEN}"\n',
+        f'textfile = "{textfile}"\n',
     )
     result = drill_cli("status", "--config", str(config), "--notify")
     assert result.returncode == 1, result.stdout + result.stderr  # overdue, as without --notify
+    samples = _families((tmp_path / "node" / "drill-status.prom").read_text())
+    assert samples[("drill_backup_newest_age_seconds", "files")] > 2 * 86400 - 60
+    assert samples[("drill_backup_within_rpo", "files")] == 0
+    assert samples[("drill_backup_rpo_target_seconds", "files")] == 86400
+    assert textfile.read_text().startswith("# the last run's metrics")
     (hook,) = http_receiver.wait_for(1)
     text = json.loads(hook.body)["text"]
     assert "Backups NEED ATTENTION: drishti" in text
@@ -233,6 +244,8 @@ def test_status_notify_sends_the_overdue_kind(tmp_path, local_storage, http_rece
     fresh = drill_cli("status", "--config", str(config), "--notify")
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert len(http_receiver.wait_for(2, timeout=1)) == 1
+    samples = _families((tmp_path / "node" / "drill-status.prom").read_text())
+    assert samples[("drill_backup_within_rpo", "files")] == 1
 
 
 def test_notify_settings_are_checked_and_token_urls_hidden_in_reports(tmp_path):

@@ -109,8 +109,14 @@ dir = "{report_dir}"
     return path
 
 
-def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = None) -> int:
-    """Start, back up and drill the demo estate; remove it; return the exit code."""
+def main(
+    scale: int = 1,
+    report_dir: str = "reports",
+    only: list[str] | None = None,
+    progress: bool = True,
+) -> int:
+    """Start, back up and drill the demo estate; remove it; return the exit code. `progress`
+    false: no progress line on the terminal."""
     client = engine.connect()
     session = RunSession.begin()
     sweep(client, keep=session.run_id)
@@ -165,7 +171,7 @@ def main(scale: int = 1, report_dir: str = "reports", only: list[str] | None = N
         say(f"WAL: {len(shipped.shipped)} files shipped")
 
         say("drilling every configured kind")
-        status = run_cmd.run(config, str(path), {}, only=only, quiet=False)
+        status = run_cmd.run(config, str(path), {}, only=only, quiet=False, progress=progress)
     finally:
         if estate is not None:
             estate.stop()

@@ -189,6 +189,11 @@ def render_config(found: Survey, storage: dict[str, str | None], now: datetime) 
         ]
     out += [
         "",
+        "[run]",
+        "# The team's own checks, plain pytest tests run with the drills on their restores",
+        "# (docs/custom-checks.md); drills/test_custom_example.py is an example.",
+        f"scenarios = [{_q('drills/')}]",
+        "",
         "[report]",
         "# Directory of the run reports: <dir>/<UTC timestamp>/, with <dir>/latest (the CI",
         "# files keep it as an artifact).",

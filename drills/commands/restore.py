@@ -12,12 +12,17 @@ error (no Docker engine, not enough free space).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from drills.config import Config, load_config
 from drills.config.errors import ConfigError
+from drills.restore import progress
 from drills.storage import Storage, open_storage
 
 SAFETY_DIR = "safety-dumps"
@@ -94,6 +99,27 @@ def say(message: str) -> None:
     print(f"restore: {message}", flush=True)
 
 
+@contextlib.contextmanager
+def _saying() -> Iterator[Callable[[str], None]]:
+    """`say` for a recovery; on a terminal (stderr) with the progress line below the last
+    message (the bytes of the backup read, rate and ETA while it is read)."""
+    if not progress.wanted(sys.stderr.fileno()):
+        yield say
+        return
+    started = time.monotonic()
+    display = progress.Display(sys.stderr.fileno(), lambda: ("restore", time.monotonic() - started))
+
+    def said(message: str) -> None:
+        with display.hold():
+            say(message)
+
+    display.start()
+    try:
+        yield said
+    finally:
+        display.stop()
+
+
 def _show(title: str, lines: list[str]) -> None:
     print(title)
     for line in lines:
@@ -121,7 +147,8 @@ def _database(args: argparse.Namespace, config: Config, storage: Storage, now: d
         # Whatever stops here, the workspace removes what the plan started (a recovery
         # container of the point-in-time engine).
         confirm(plan.database, yes=args.yes, what=what)
-        outcome = database.run_database(plan, config, storage, say=say, workspace=workspace)
+        with _saying() as said:
+            outcome = database.run_database(plan, config, storage, say=said, workspace=workspace)
     for line in database.summary(outcome):
         print(line)
     return 0
@@ -135,8 +162,8 @@ def _files(args: argparse.Namespace, config: Config, storage: Storage, now: date
         config, storage, args.to, key=args.snapshot, now=now, skip_damaged=args.skip_damaged
     )
     _show("Restore plan (files):", plan.lines(now))
-    with Workspace() as workspace:
-        outcome = files.run_files(plan, config, storage, say=say, workspace=workspace)
+    with Workspace() as workspace, _saying() as said:
+        outcome = files.run_files(plan, config, storage, say=said, workspace=workspace)
     for line in files.summary(outcome):
         print(line)
     return 1 if outcome.skipped else 0

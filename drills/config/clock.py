@@ -32,14 +32,18 @@ class Stopwatch:
     _t0: float = field(default_factory=time.monotonic)
     phases: dict[str, float] = field(default_factory=dict)
     finished_s: float | None = None
+    current: tuple[str, float] | None = None
+    """The phase running now and its monotonic start (the progress display reads it)."""
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time a phase; repeated phases add up."""
         start = time.monotonic()
+        outer, self.current = self.current, (name, start)
         try:
             yield
         finally:
+            self.current = outer
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
     def elapsed(self) -> float:

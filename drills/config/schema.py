@@ -601,6 +601,12 @@ class RuntimeSettings:
     postgres_image: str | None = knob(None, "Restore into this image instead of ours.")
     pull: bool = knob(True, "Try a short registry pull before building an image offline.")
     step_timeout: float = knob(30 * MINUTE, "Bound on any external step with no bound of its own.")
+    engines: tuple[str, ...] = knob(
+        (),
+        "Docker engines that `drill run` with several estates spreads them over (unix://, "
+        "tcp://, ssh:// URLs, as DOCKER_HOST takes them; DRILL_ENGINES, comma-separated, "
+        "overrides); empty: the default engine.",
+    )
 
 
 @dataclass(frozen=True)
@@ -616,6 +622,17 @@ class ReportSettings:
         None, "NAME of the environment variable holding the evidence signing key.", check=_env_name
     )
     signing_key_path: str | None = knob(None, "File holding the evidence signing key.")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """[run]: what `drill run` runs beside the built-in drills."""
+
+    scenarios: tuple[str, ...] = knob(
+        (),
+        "The team's own checks, run with the drills: pytest files or directories (relative to "
+        'the configuration file), e.g. ["drills/"]; see docs/custom-checks.md.',
+    )
 
 
 def _textfile(path: str) -> str | None:
@@ -721,6 +738,7 @@ class Config:
     backup: BackupSettings = knob(factory=BackupSettings, doc="The producers' local side.")
     runtime: RuntimeSettings = knob(factory=RuntimeSettings, doc="Containers and steps.")
     report: ReportSettings = knob(factory=ReportSettings, doc="Reports.")
+    run: RunSettings = knob(factory=RunSettings, doc="The team's own checks.")
     notify: NotifySettings = knob(factory=NotifySettings, doc="Notifications.")
     metrics: MetricsSettings = knob(factory=MetricsSettings, doc="Prometheus metrics.")
     source: Path | None = knob(None, "The file the settings were read from; None: no file.")

@@ -95,12 +95,27 @@ def announce_status(
     attention, or always with `[notify] when = "always"`."""
     try:
         message = status_message(status, config)
-        if message.passed and config.notify.when != "always":
-            return []
-        jobs = _jobs(config, message, None)
-        return _send({k: v for k, v in jobs.items() if k in ("webhook", "email")}, config, stream)
+        tell = not message.passed or config.notify.when == "always"
+        jobs = _jobs(config, message, None) if tell else {}
+        jobs = {k: v for k, v in jobs.items() if k in ("webhook", "email")}
+        jobs |= _status_metrics(status, config)  # every time: the age is the metric
+        return _send(jobs, config, stream) if jobs else []
     except Exception as exc:  # a notification must never change what the status says
         return [_broken(exc, stream)]
+
+
+def _status_metrics(status: dict, config: Config) -> dict[str, Callable[[], str]]:
+    wanted = config.metrics
+    text = metrics.status_metrics(status, config.estate.name, datetime.now(UTC))
+    jobs: dict[str, Callable[[], str]] = {}
+    if wanted.textfile:
+        path = metrics.status_textfile(Path(wanted.textfile))
+        jobs["status metrics textfile"] = lambda: metrics.write_textfile(path, text)
+    if wanted.pushgateway_url:
+        jobs["status pushgateway"] = lambda: metrics.push(
+            wanted.pushgateway_url, f"{wanted.job}-status", config.estate.name, text, wanted.timeout
+        )
+    return jobs
 
 
 def _broken(exc: Exception, stream: TextIO | None) -> Delivery:

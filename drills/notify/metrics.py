@@ -14,6 +14,16 @@ Every metric is a gauge labelled with the estate and, per drill, its kind:
 | `drill_checks_passed{kind}`, `drill_checks_failed{kind}` | the drill's checks |
 
 A kind that was not run this time has no per-kind series: "absent" is the alert for it.
+
+`drill status --notify` writes its own file beside the run's (`<name>-status.prom`) and pushes
+its own group (job `<job>-status`), so that neither replaces the other:
+
+| metric | meaning |
+|---|---|
+| `drill_status_timestamp_seconds` | when the status was taken |
+| `drill_backup_newest_age_seconds{kind}` | age of the newest backup of the kind, then |
+| `drill_backup_within_rpo{kind}` | 1 when that age is within the RPO target, else 0 |
+| `drill_backup_rpo_target_seconds{kind}` | the RPO target |
 """
 
 from __future__ import annotations
@@ -42,6 +52,35 @@ HELP = {
 }
 
 
+STATUS_HELP = {
+    "drill_status_timestamp_seconds": "When drill status last looked at the storage.",
+    "drill_backup_newest_age_seconds": "Age of the newest backup of this kind.",
+    "drill_backup_within_rpo": "1 when the newest backup is within its RPO target, else 0.",
+    "drill_backup_rpo_target_seconds": "Recovery point objective of this kind.",
+}
+
+
+def status_metrics(status: dict, estate: str, now: datetime) -> str:
+    """The exposition text of `drill status`: each configured kind's newest backup's age."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {n: [] for n in STATUS_HELP}
+    base = {"estate": estate}
+    samples["drill_status_timestamp_seconds"].append((base, now.timestamp()))
+    for kind, row in (status.get("kinds") or {}).items():
+        if not row.get("configured", True):
+            continue
+        labels = base | {"kind": str(kind)}
+        latest = row.get("latest") or {}
+        _add(samples["drill_backup_newest_age_seconds"], labels, latest.get("age_s"))
+        _add(samples["drill_backup_within_rpo"], labels, 1.0 if row.get("within_rpo") else 0.0)
+        _add(samples["drill_backup_rpo_target_seconds"], labels, row.get("rpo_s"))
+    return _exposition(samples, STATUS_HELP)
+
+
+def status_textfile(path: Path) -> Path:
+    """Where `drill status` writes its metrics: beside the run's file, never over it."""
+    return path.with_name(f"{path.stem}-status.prom")
+
+
 def run_metrics(document: dict | None, estate: str, finished: datetime, passed: bool) -> str:
     """The exposition text of a run; `document` None for a run that did not complete."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in HELP}
@@ -65,11 +104,15 @@ def run_metrics(document: dict | None, estate: str, finished: datetime, passed: 
         checks = drill.get("checks") or []
         samples["drill_checks_passed"].append((labels, sum(1 for c in checks if c.get("passed"))))
         samples["drill_checks_failed"].append((labels, sum(1 for c in checks if not c["passed"])))
+    return _exposition(samples, HELP)
+
+
+def _exposition(samples: dict[str, list], helps: dict[str, str]) -> str:
     lines = []
     for name, rows in samples.items():
         if not rows:
             continue
-        lines += [f"# HELP {name} {HELP[name]}", f"# TYPE {name} gauge"]
+        lines += [f"# HELP {name} {helps[name]}", f"# TYPE {name} gauge"]
         lines += [f"{name}{{{_labels(labels)}}} {_number(value)}" for labels, value in rows]
     return "\n".join(lines) + "\n"
 

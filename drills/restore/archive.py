@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError, IntegrityError, StorageError
+from drills.restore import progress
 from drills.restore.common import (
     Drain,
     RestoreError,
@@ -125,6 +126,7 @@ def _restore_custom(
     try:
         sha256 = download(storage, part, host_path)
         fetched = time.monotonic() - started
+        progress.step("pg_restore")
         facts = read_toc(pg, backup, argv[-1], timeout)
         roles.ensure(facts.roles)
         remaining = max(1.0, timeout - (time.monotonic() - started))
@@ -346,6 +348,7 @@ class _TarSender(threading.Thread):
         info.size = size
         info.mode = 0o644
         reader = HashingReader(self.storage.open(key))
+        progress.follow(reader)
         with reader:
             try:
                 tar.addfile(info, reader)

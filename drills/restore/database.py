@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
+from drills.restore import progress
 from drills.restore.archive import restore_archive
 from drills.restore.common import RestoreError, RestoreResult, RoleMaker, Secrets, jobs
 from drills.restore.plain import restore_plain
@@ -70,22 +71,26 @@ def restore_database(
     n = parallel or jobs()
     _create_database(pg, dbname)
     roles = RoleMaker(pg, create=create_roles)
-    try:
-        result = _restore_once(storage, backup, pg, dbname, timeout, n, roles, secrets)
-    finally:
-        roles.close()
+    # The bytes of the dump, out of the size the storage listed: the terminal's progress line.
+    with progress.measuring(backup.key, backup.size):
+        try:
+            result = _restore_once(storage, backup, pg, dbname, timeout, n, roles, secrets)
+        finally:
+            roles.close()
+        if analyze:
+            progress.step("ANALYZE")
+            remaining = max(1.0, timeout - (time.monotonic() - started))
+            analyzed = analyze_database(pg, dbname, timeout=remaining, parallel=n)
     result.roles_created = list(roles.created)
     if roles.created:
         result.notes.insert(
             0, f"created roles the dump refers to (NOLOGIN): {', '.join(roles.created)}"
         )
     if analyze:
-        remaining = max(1.0, timeout - (time.monotonic() - started))
-        seconds = analyze_database(pg, dbname, timeout=remaining, parallel=n)
-        if seconds is None:
+        if analyzed is None:
             result.notes.append(f"ANALYZE skipped: the restored {dbname} refuses connections")
         else:
-            result.stages["analyze"] = seconds
+            result.stages["analyze"] = analyzed
     result.seconds = time.monotonic() - started
     return result
 

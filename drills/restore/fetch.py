@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drills.config.errors import DrillError, IntegrityError, StorageError
+from drills.restore import progress
 from drills.storage import Storage
 from drills.storage.manifest import HashingReader
 
@@ -83,9 +84,11 @@ def _ranged(storage: Storage) -> bool:
 
 
 def _download_stream(storage: Storage, part: Part, fd: int) -> tuple[str, int]:
+    count = progress.counter()
     with HashingReader(storage.open(part.key)) as reader:
         while block := reader.read(CHUNK):
             _write_all(fd, block)
+            count.done += len(block)
         return reader.sha256, reader.bytes_read
 
 
@@ -94,11 +97,12 @@ def _download_ranges(storage: Storage, part: Part, fd: int) -> tuple[str, int]:
     spans = [(start, min(PART, part.size - start)) for start in range(0, part.size, PART)]
     done = [threading.Event() for _ in spans]
     stop = threading.Event()
+    counts = [progress.counter() for _ in spans]  # one writer each: no lock
 
     def fetch(index: int) -> None:
         start, length = spans[index]
         try:
-            _fetch_range(storage, part, fd, start, length, stop)
+            _fetch_range(storage, part, fd, start, length, stop, counts[index])
         finally:
             done[index].set()
 
@@ -117,7 +121,13 @@ def _download_ranges(storage: Storage, part: Part, fd: int) -> tuple[str, int]:
 
 
 def _fetch_range(
-    storage, part: Part, fd: int, start: int, length: int, stop: threading.Event
+    storage,
+    part: Part,
+    fd: int,
+    start: int,
+    length: int,
+    stop: threading.Event,
+    count: progress.Counter,
 ) -> None:
     import botocore.exceptions
 
@@ -137,6 +147,7 @@ def _fetch_range(
                     break
                 os.pwrite(fd, block, position)
                 position += len(block)
+                count.done += len(block)
             body.close()
             break
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -235,11 +246,13 @@ class PipeFeeder:
                 self._stop.wait(POLL_SECONDS)
 
     def _feed(self, part: Part, fd: int) -> None:
+        count = progress.counter()
         with _reported(self._errors), os.fdopen(fd, "wb", buffering=0) as pipe:
             with HashingReader(self.storage.open(part.key)) as reader:
                 try:
                     while block := reader.read(CHUNK):
                         _write_all(pipe.fileno(), block)
+                        count.done += len(block)
                 except BrokenPipeError:
                     with self._lock:
                         self._unfinished.append(part)  # hashed again by finish()

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 import docker
@@ -34,7 +35,7 @@ import docker.errors
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError, IntegrityError, StorageError
 from drills.record import DrillRecord
-from drills.restore import damage, filetype
+from drills.restore import damage, filetype, progress
 from drills.restore.common import Drain
 from drills.restore.damage import Trace
 from drills.restore.prefetch import Item, Prefetch, Wanted
@@ -176,8 +177,15 @@ def restore_files(
         e.shown for p, e in stored.entries.items() if p not in want.entries and e.kind != DIR
     )
     workers = LOCAL_WORKERS if isinstance(storage, LocalStorage) else S3_WORKERS
+    # The terminal's progress line: the bytes of the files to stream, out of their listed sizes.
+    sizes = sum(
+        e.size for p, e in want.files.items() if not e.hardlink and p not in restored.missing
+    )
     try:
-        with _Helper(client, session, image, volume, read_only=False) as helper:
+        with (
+            progress.measuring(backup.key, sizes),
+            _Helper(client, session, image, volume, read_only=False) as helper,
+        ):
             argv = ["tar", "-x", "--numeric-owner", "-f", "-", "-C", MOUNT]
             untar = subprocess.Popen(
                 helper.exec_argv(argv, interactive=True),
@@ -241,6 +249,36 @@ def landed_files(
         message = result.stderr.decode(errors="replace").strip() or "no message"
         raise FilesRestoreError(f"volume {volume}: listing or hashing its files failed: {message}")
     return Landed(_parse_listing(result.stdout, volume))
+
+
+def read_restored_file(
+    client: docker.DockerClient,
+    session: RunSession,
+    volume: str,
+    path: str,
+    *,
+    image: str,
+    timeout: float,
+) -> bytes:
+    """The content of one file of `volume` (a path relative to its root), read from a
+    read-only container; a path that leaves the volume is refused."""
+    relative = PurePosixPath(path.lstrip("/"))
+    if ".." in relative.parts or not relative.parts:
+        raise FilesRestoreError(f"{path!r}: not a path inside the restored uploads")
+    with _Helper(client, session, image, volume, read_only=True) as helper:
+        try:
+            result = subprocess.run(
+                helper.exec_argv(["cat", "--", f"{MOUNT}/{relative}"]),
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise StepTimeout(f"reading {path} did not finish within {timeout:.0f} s") from None
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip() or "no message"
+        raise FilesRestoreError(f"volume {volume}: cannot read {path}: {message}")
+    return result.stdout
 
 
 def check_files(
@@ -555,6 +593,7 @@ class _SnapshotSender(threading.Thread):
         self.streamed: dict[str, FileState] = {}
         self.heads: dict[str, filetype.Head] = {}
         self.bytes_read = 0
+        self.count = progress.counter()
         self.etags: dict[str, Verdict] = {}
         self.error: BaseException | None = None
 
@@ -620,10 +659,11 @@ class _SnapshotSender(threading.Thread):
             state, head = FileState(len(item.data), item.sha256), item.data[: filetype.SAMPLE]
             if etag is not None:
                 etag.update(item.data)
+            self.count.done += len(item.data)
         else:
             member.size = item.wanted.size
             reader = HashingReader(self._open(item.wanted))
-            tap = _HeadTap(reader, etag)
+            tap = _HeadTap(reader, etag, self.count)
             with reader:
                 try:
                     tar.addfile(member, tap)
@@ -662,13 +702,17 @@ class _HeadTap:
     """Passes reads through, keeping the first `filetype.SAMPLE` bytes for the plausibility
     checks: the head of every file is seen on the way to the volume, never read twice."""
 
-    def __init__(self, stream: HashingReader, etag: EtagCheck | None = None) -> None:
+    def __init__(
+        self, stream: HashingReader, etag: EtagCheck | None, count: progress.Counter
+    ) -> None:
         self.stream = stream
         self.etag = etag
+        self.count = count
         self.head = b""
 
     def read(self, size: int = -1) -> bytes:
         data = self.stream.read(size)
+        self.count.done += len(data)
         if self.etag is not None:
             self.etag.update(data)
         if len(self.head) < filetype.SAMPLE:

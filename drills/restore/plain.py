@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from drills.config.errors import DrillError, IntegrityError, StorageError
+from drills.restore import progress
 from drills.restore.common import (
     Drain,
     RestoreError,
@@ -190,6 +191,7 @@ def _stream(
     raise_causes(causes)
     stages = {"load": round(time.monotonic() - started, 3)}
     if pump.post_data is not None:
+        progress.step("indexes and constraints")
         stages.update(
             run_post_data(
                 pg,
@@ -321,6 +323,7 @@ class _Reader(threading.Thread):
         self.error: BaseException | None = None
         self.complete = False
         """The whole object was read (passed on, or drained after the reader stopped)."""
+        self.count = progress.counter()
 
     def run(self) -> None:
         try:
@@ -328,6 +331,7 @@ class _Reader(threading.Thread):
             with self.hashed:
                 writing = True
                 while chunk := self.hashed.read(CHUNK):
+                    self.count.done += len(chunk)
                     if not writing:
                         continue
                     try:

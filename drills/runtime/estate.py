@@ -26,7 +26,7 @@ from drills.runtime.labels import RunSession
 from drills.runtime.network import private_network
 from drills.runtime.postgres import PostgresContainer
 
-APP_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "app"
+APP_DIR = Path(__file__).with_name("demo_app")
 DATABASE = "drishti_production"
 
 

@@ -46,7 +46,8 @@ BASE_REPO = "recovery-drills/base"
 APP_REPO = "recovery-drills/app"
 
 POSTGRES_CONTEXT = Path(__file__).with_name("postgres_image")
-APP_CONTEXT = Path(__file__).resolve().parents[2] / "fixtures" / "app"
+# The sample application the demo drills, shipped in the package (drills/runtime/demo_app).
+APP_CONTEXT = Path(__file__).with_name("demo_app")
 
 # Debian's mirror is debootstrap's own default; users behind a proxy or mirror set this.
 MIRROR_ENV = "DRILL_DEBIAN_MIRROR"

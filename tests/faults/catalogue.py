@@ -1302,7 +1302,7 @@ FAULTS: list[Fault] = [
 
 
 # -- the full-system drill of any application: apps that start and die, ask for a credential,
-# or whose image is not on the machine (the accounts service, fixtures/app/accounts, stands in
+# or whose image is not on the machine (the accounts service, fixtures/accounts, stands in
 # for an app unlike the sample one; its crash-after-start mode is its own, not a patch)
 
 TOKEN_ENV = "DRILL_FAULT_HEALTH_TOKEN"

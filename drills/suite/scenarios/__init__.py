@@ -1,0 +1,1 @@
+"""The built-in drills, one pytest test per kind, collected by `drill run`."""
