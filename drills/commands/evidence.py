@@ -7,7 +7,8 @@
   from the end.
 - `drill evidence --since D --until D [REPORT_DIR] [--out bundle.zip]` writes one signed zip
   of every run in the window, the chain excerpt and its verification, the summary page and
-  the public key (`drills.report.bundle`, its page `drills.report.period`). `drill verify-report bundle.zip` checks it.
+  the public key (`drills.report.bundle`, its page `drills.report.period`); `drill
+  verify-report bundle.zip` checks it.
 
 Exit codes: 0 whole; 1 a break in the history (the bundle is still written, and says so);
 2 usage or configuration error (no signing key for a bundle).
