@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--no-app", action="store_true", help="skip the sample application image")
     images.set_defaults(func=_images)
 
+    from drills.commands import evidence as evidence_cmd
     from drills.commands import report as report_cmd
     from drills.commands import run as run_cmd
     from drills.commands import status as status_cmd
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.register(commands)
     status_cmd.register(commands)
     report_cmd.register(commands)
+    evidence_cmd.register(commands)
 
     from drills.commands import backup as backup_cmd
 

@@ -6,7 +6,9 @@
   without the history, and says why.
 - `drill keygen PATH` makes an Ed25519 key pair: PATH (private, mode 0600) and PATH.pub.
 - `drill verify-report RUN_DIR [--public-key PATH]` checks drill.json's signature and the
-  sha256 of every file of the run; exit 1 naming each mismatching file.
+  sha256 of every file of the run; exit 1 naming each mismatching file. Given an evidence
+  bundle (`drill evidence`'s zip), it checks the bundle offline: its manifest's signature,
+  every file, every run in it and its chain excerpt (`drills.report.bundle`).
 
 Exit codes: 0 success; 1 the evidence does not verify (or would be broken); 2 usage error.
 """
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 
 from drills.config.errors import ConfigError
-from drills.report import evidence
+from drills.report import bundle, evidence
 from drills.report.html import REPORT, render, run_history
 
 
@@ -36,9 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     keygen.set_defaults(func=keygen_main)
 
     verify = commands.add_parser(
-        "verify-report", help="check a run's signature and every artefact's sha256"
+        "verify-report", help="check a run's (or a bundle's) signature and every file's sha256"
     )
-    verify.add_argument("run_dir", metavar="RUN_DIR", help="e.g. reports/latest")
+    verify.add_argument("run_dir", metavar="RUN_DIR", help="e.g. reports/latest, or bundle.zip")
     verify.add_argument("--public-key", default=None, help="the signer's PATH.pub (recommended)")
     verify.add_argument(
         "--allow-unsigned", action="store_true", help="check the hashes of an unsigned run only"
@@ -96,9 +98,11 @@ def keygen_main(args: argparse.Namespace) -> int:
 
 
 def verify_main(args: argparse.Namespace) -> int:
-    """Verify the run; print every problem; exit 1 if there is any."""
-    run_dir = _run_dir(args.run_dir)
+    """Verify the run (or the bundle); print every problem; exit 1 if there is any."""
     public_key = Path(args.public_key) if args.public_key else None
+    if Path(args.run_dir).is_file():
+        return _verify_bundle(Path(args.run_dir), public_key)
+    run_dir = _run_dir(args.run_dir)
     problems = evidence.verify_run(run_dir, public_key, allow_unsigned=args.allow_unsigned)
     for problem in problems:
         print(f"drill: {run_dir}/{problem}", file=sys.stderr)
@@ -116,6 +120,30 @@ def verify_main(args: argparse.Namespace) -> int:
             print("drill: pass --public-key to prove the signer is who you expect")
     else:
         print(f"drill: OK (UNSIGNED): {count} files match the hashes in drill.json")
+    return 0
+
+
+def _verify_bundle(path: Path, public_key: Path | None) -> int:
+    """Check an evidence bundle offline; name every changed file in it."""
+    result = bundle.verify(path, public_key)
+    for note in result.notes:
+        print(f"drill: note: {note}")
+    for problem in result.problems:
+        print(f"drill: {path}: {problem}", file=sys.stderr)
+    if result.problems:
+        print(f"drill: FAILED: {len(result.problems)} problem(s) with the bundle {path}")
+        return 1
+    signer = (result.manifest.get("signer") or {}).get("fingerprint")
+    runs = len(result.manifest.get("runs") or [])
+    files = len(result.manifest.get("files") or {})
+    whose = "the given key" if public_key else "the key embedded in the bundle"
+    print(
+        f"drill: OK: bundle signed by {signer} ({whose}); {files} files match; {runs} run(s) "
+        f"started from {result.manifest.get('since')} to before {result.manifest.get('until')},"
+        " each verified, and their chain excerpt whole"
+    )
+    if public_key is None:
+        print("drill: pass --public-key to prove the signer is who you expect")
     return 0
 
 

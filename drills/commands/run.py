@@ -18,6 +18,7 @@ from pathlib import Path
 from drills.config import Config, load_config
 from drills.config.errors import ConfigError
 from drills.notify import announce_incomplete, announce_run
+from drills.report import finalize_run, record_incomplete
 from drills.suite import SCENARIOS
 
 # The suite's own pytest settings: a run does not depend on the ini files of the directory it
@@ -175,15 +176,15 @@ def run(
         # incomplete, and an incomplete run is never a pass.
         reason = f"the run did not complete (pytest exit {int(status)})"
         print(f"drill: {reason}; report: {run_dir}")
+        record_incomplete(run_dir, config, reason)
         announce_incomplete(run_dir, config, reason)
         return 2 if int(status) == 4 else 1
     if not document.exists():
         reason = f"the run wrote no drill.json (pytest exit {int(status)})"
         print(f"drill: {reason}")
+        record_incomplete(run_dir, config, reason)
         announce_incomplete(run_dir, config, reason)
         return 2 if int(status) in (2, 3, 4) else 1
-    from drills.report import finalize_run
-
     finalize_run(run_dir, config, announce=lambda finished: announce_run(finished, run_dir, config))
     result = json.loads(document.read_text())
     if not any(d["verdict"] != "not_run" for d in result["drills"]):

@@ -25,10 +25,10 @@ from typing import Any
 
 from drills.config.errors import ConfigError, DrillError
 from drills.config.schema import Config, redact_text
-from drills.report import evidence
+from drills.report import chain, evidence
 from drills.report.html import REPORT, history_points, write_report
 
-__all__ = ["REPORT", "finalize_run", "write_report"]
+__all__ = ["REPORT", "finalize_run", "record_incomplete", "write_report"]
 
 HOST_TOOLS = {
     "pg_dump": ["pg_dump", "--version"],
@@ -38,6 +38,8 @@ HOST_TOOLS = {
     "docker engine": ["docker", "version", "--format", "{{.Server.Version}}"],
 }
 RUN_DIR_STAMP = "%Y%m%dT%H%M%S.%fZ"
+# The verdict of a run that did not complete, in its history record.
+INCOMPLETE = "incomplete"
 
 
 def finalize_run(
@@ -46,14 +48,16 @@ def finalize_run(
     """Complete a run's reports: drill.json facts, drill-report.html, history, hashes, signature.
 
     In order: add the estate, the run's start, the environment and the signing state to
-    drill.json (every string redacted); append the run to `<report-dir>/history.jsonl`, and
-    what the report draws of it (verdicts and RTOs of the last runs) to drill.json;
+    drill.json (every string redacted), and what the report draws of the history (verdicts
+    and RTOs of the last runs, this one's included);
     write drill-report.html (unless `[report] html = false`); scrub the configuration's
     secret values from every file of the run; record every file's sha256 in drill.json and
-    sign it. `announce`, given, is called with the finished, scrubbed drill.json just before
-    the seal (to tell people of the run); what it returns is added to drill.json, redacted,
-    and sealed with the rest. A configured signing key that cannot be used leaves the run
-    unsigned, says why in the report, and raises ConfigError at the end (exit 2).
+    sign it; then append the run's record, chained to the one before and signed, to
+    `<report-dir>/history.jsonl` (`drills.report.chain`). `announce`, given, is called with
+    the finished, scrubbed drill.json just before the seal (to tell people of the run); what
+    it returns is added to drill.json, redacted, and sealed with the rest. A configured
+    signing key that cannot be used leaves the run unsigned, says why in the report, and
+    raises ConfigError at the end (exit 2).
     """
     report_dir = run_dir.parent
     document_path = run_dir / evidence.DOCUMENT
@@ -72,11 +76,13 @@ def finalize_run(
         evidence=evidence.signing_state(key, problem),
     )
     document = _redacted(document)
-    evidence.append_history(report_dir, document, run_dir.name)
     # What the report draws of the history goes into drill.json too: the run directory then
     # renders the same page wherever it is copied, with or without its report directory.
+    # The run itself is drawn from its entry: its record is chained only once it is sealed.
     finished = document.get("finished_at") or ""
-    document["history"] = history_points(evidence.read_history(report_dir), finished)
+    past = [e for e in evidence.read_history(report_dir) if e.get("run") != run_dir.name]
+    entry = evidence.history_entry(document, run_dir.name)
+    document["history"] = history_points([*past, entry], finished)
     document_path.write_text(json.dumps(document, indent=2) + "\n")
     if config.report.html:
         write_report(run_dir)
@@ -88,8 +94,41 @@ def finalize_run(
         document_path.write_text(json.dumps(document, indent=2) + "\n")
         evidence.scrub(run_dir, secrets)
     evidence.seal(run_dir, key)
+    sealed = json.loads(document_path.read_text())
+    chain.append(
+        report_dir,
+        evidence.history_entry(sealed, run_dir.name),
+        evidence.sha256_file(document_path),
+        key,
+    )
     if problem:
         raise ConfigError(f"the run's evidence is not signed: {problem}")
+
+
+def record_incomplete(run_dir: Path, config: Config, reason: str) -> None:
+    """Chain a run that did not complete (interrupted, no drill.json): its record says so,
+    with the reason, so that it cannot vanish from the history either. Never raises."""
+    report_dir = run_dir.parent
+    try:
+        key = evidence.signing_key(config.report, report_dir)
+    except ConfigError:
+        key = None  # the run's own failure is the news; an unsigned record still chains
+    document = run_dir / evidence.DOCUMENT
+    entry = {
+        "run": run_dir.name,
+        "estate": config.estate.name,
+        "started_at": _run_started(run_dir),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "verdict": INCOMPLETE,
+        "reason": redact_text(reason),
+        "drills": {},
+    }
+    try:
+        chain.append(
+            report_dir, entry, evidence.sha256_file(document) if document.is_file() else None, key
+        )
+    except OSError as exc:
+        print(f"drill: the history could not record the incomplete run: {exc}")
 
 
 def _run_started(run_dir: Path) -> str | None:

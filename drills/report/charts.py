@@ -123,8 +123,11 @@ class Point:
 _LOG_TICKS = (0.01, 0.1, 1, 10, 60, 600, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
 
 
-def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> Markup:
-    """The measured RTO of one drill kind over the runs, on a log scale, with its target.
+def history_svg(
+    kind: str, points: Sequence[Point], target_s: float | None, measure: str = "RTO"
+) -> Markup:
+    """The measured RTO (or `measure`: RPO) of one drill kind over the runs, on a log scale,
+    with its target.
 
     A log scale keeps a 5-second restore and a 2-hour target on one chart, and shows a
     restore that doubles as clearly at 5 s as at 50 min. Only recoveries are points of the
@@ -133,7 +136,7 @@ def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> M
     """
     values = [p.measured_s for p in points if p.measured_s]
     if not values:
-        return Markup('<p class="muted">No measured RTO yet.</p>')
+        return Markup(f'<p class="muted">No measured {escape(measure)} yet.</p>')
     known = [*values, *([target_s] if target_s else [])]
     low, high = math.log10(min(known) / 2), math.log10(max(known) * 2)
     top, plot_h, left, right = 10, 150, 70, 20
@@ -146,7 +149,7 @@ def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> M
         return left + (area / 2 if len(points) == 1 else index / (len(points) - 1) * area)
 
     height = top + plot_h + AXIS_H + 8
-    parts = [_svg_open(height, f"RTO history of the {kind} drill over {len(points)} runs")]
+    parts = [_svg_open(height, f"{measure} history of the {kind} drill over {len(points)} runs")]
     parts.append(
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + area}" y2="{top + plot_h}" '
         'class="axis"/>'
@@ -176,8 +179,10 @@ def history_svg(kind: str, points: Sequence[Point], target_s: float | None) -> M
     for index, point in enumerate(points):
         parts.append(_history_dot(x_of(index), point, y_of, top + plot_h))
     for index in sorted({0, len(points) - 1}):
+        # The last label ends at its point, so that it is not cut at the chart's right edge.
+        anchor = "end" if index and index == len(points) - 1 else "middle"
         parts.append(
-            f'<text x="{x_of(index):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+            f'<text x="{x_of(index):.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}" '
             f'class="tick">{escape(points[index].label)}</text>'
         )
     parts.append("</svg>")

@@ -1,5 +1,8 @@
 """Evidence for auditors: artefact hashes in drill.json, its Ed25519 signature, the history.
 
+(The history's records are appended, chained and signed by `drills.report.chain`; bundles
+of an audit window are made by `drills.report.bundle`.)
+
 A run directory holds `drill.json` and the run's artefacts (junit.xml, pytest-report.html,
 allure-results/, drill-report.html). `seal()` records the sha256 of every artefact in
 drill.json under `artefacts` and, given a key, signs drill.json's exact bytes into
@@ -314,19 +317,6 @@ def history_entry(document: dict, run: str) -> dict[str, Any]:
         "verdict": document.get("verdict"),
         "drills": drills,
     }
-
-
-def append_history(report_dir: Path, document: dict, run: str) -> None:
-    """Append the run to `<report_dir>/history.jsonl`, once (a second call is a no-op)."""
-    if any(entry.get("run") == run for entry in read_history(report_dir)):
-        return
-    line = json.dumps(history_entry(document, run), separators=(",", ":")) + "\n"
-    # One write of one line in append mode: concurrent runs cannot interleave inside a line.
-    descriptor = os.open(report_dir / HISTORY, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(descriptor, line.encode())
-    finally:
-        os.close(descriptor)
 
 
 def read_history(report_dir: Path) -> list[dict[str, Any]]:

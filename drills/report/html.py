@@ -80,7 +80,7 @@ def render(
     """
     finished = document.get("finished_at") or ""
     past = [h for h in history or [] if (h.get("finished_at") or "") <= finished]
-    template = _environment().get_template("drill-report.html.j2")
+    template = environment().get_template("drill-report.html.j2")
     return template.render(
         doc={**dict.fromkeys(("host", "python", "harness_version", "finished_at")), **document},
         run=_run_view(document),
@@ -108,7 +108,8 @@ def history_points(entries: list[dict[str, Any]], finished: str) -> list[dict[st
     return points[-HISTORY_RUNS:]
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The Jinja2 environment of the report pages: autoescape, redaction, the filters."""
     # drill.json is open: drills add fields as they grow, and a field a record lacks must
     # leave its line of the page empty, not fail the whole report.
     env = Environment(
@@ -134,7 +135,7 @@ def _redact(value: Any) -> Any:
 
 def when(iso: str | None) -> str:
     """'2025-01-15 02:00:00 UTC' from an ISO-8601 time; '-' when unknown."""
-    moment = _parse(iso)
+    moment = parse_time(iso)
     if moment is None:
         return iso or "-"
     if moment.tzinfo is None:
@@ -161,7 +162,8 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True, default=str)
 
 
-def _parse(iso: str | None) -> datetime | None:
+def parse_time(iso: str | None) -> datetime | None:
+    """An ISO-8601 time; None when absent or unreadable."""
     try:
         return datetime.fromisoformat(iso) if iso else None
     except ValueError:
@@ -169,7 +171,7 @@ def _parse(iso: str | None) -> datetime | None:
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
-    first, last = _parse(start), _parse(end)
+    first, last = parse_time(start), parse_time(end)
     return None if first is None or last is None else (last - first).total_seconds()
 
 
@@ -361,7 +363,7 @@ def _history_view(entries: list[dict]) -> list[dict[str, Any]]:
     for kind, runs in kinds.items():
         points = [
             charts.Point(
-                (_parse(e.get("finished_at")) or datetime.min).strftime("%Y-%m-%d %H:%M"),
+                (parse_time(e.get("finished_at")) or datetime.min).strftime("%Y-%m-%d %H:%M"),
                 r.get("rto_measured_s"),
                 r.get("verdict"),
             )
