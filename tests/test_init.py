@@ -193,9 +193,12 @@ def test_systemd_timer_and_cron_line_run_the_drill_monthly(tmp_path):
     assert timer["Install"]["WantedBy"] == "timers.target"
 
     lines = (project / "schedule/recovery-drill.cron").read_text().splitlines()
-    (entry,) = [line for line in lines if line and not line.startswith(("#", "SHELL", "PATH"))]
-    assert entry.split()[:5] == ["0", "6", "1", "*", "*"]
-    assert f"{DRILL} run --config {config} -q" in entry
+    entries = [line for line in lines if line and not line.startswith(("#", "SHELL", "PATH"))]
+    entry, draw = entries  # the newest backup in odd months, a random one in even months
+    assert entry.split()[:5] == ["0", "6", "1", "1,3,5,7,9,11", "*"]
+    assert f"{DRILL} run --config {config} -q >" in entry
+    assert draw.split()[:5] == ["0", "6", "1", "2,4,6,8,10,12", "*"]
+    assert f"{DRILL} run --config {config} -q --pick random >" in draw
 
     # The cron line as cron runs it, with a `drill` that fails: its output is printed (cron
     # mails it); one that passes prints nothing.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from drills.checks.choice import Choice, choose
 from drills.config.clock import Target, human
 from drills.config.errors import DrillError, StorageError
 from drills.record import DrillRecord
@@ -43,13 +44,18 @@ def locate_with_previous(
     prefix: str | None = None,
     *,
     zone: str | None = None,
+    choice: Choice | None = None,
 ) -> tuple[Backup, Backup | None]:
-    """The latest backup of a kind (described in the record) and the one before it, the
-    plausibility checks' baseline in storage (None when it is the only one). `zone` is
-    `[storage] name_timezone`, the zone of the times in backup names."""
+    """The backup of a kind `choice` picks (the latest without one), described in the
+    record, and the one before it, the plausibility checks' baseline in storage (None when
+    it is the only one). `zone` is `[storage] name_timezone`, the zone of the times in
+    backup names."""
     with record.watch.phase("locate"):
         backups = catalog.list_backups(storage, kind, prefix, name_timezone=zone)
-        backup = catalog.latest(backups)
+        if choice is None:
+            backup = catalog.latest(backups)
+        else:
+            backup = choose(backups, record, choice).backup
     earlier = [b for b in backups if (b.taken_at, b.key) < (backup.taken_at, backup.key)]
     previous = catalog.latest(earlier) if earlier else None
     record.backup = describe(backup)
@@ -117,6 +123,7 @@ def describe(backup: Backup) -> dict:
         "format": backup.format,
         "compression": backup.compression,
         "encrypted": backup.encrypted,
+        "storage_class": backup.storage_class,
     }
 
 
@@ -126,9 +133,15 @@ def conclude(
     rpo_target_s: float | None,
     taken_at: datetime | None,
 ) -> None:
-    """Measure RTO and RPO, then fail with every cause if a check or a target failed."""
+    """Measure RTO and RPO, then fail with every cause if a check or a target failed.
+
+    When the drill restored an older backup than the newest (`[drill] pick`), the RPO is the
+    newest backup's age: the data a recovery now would lose, not the picked backup's age."""
     measured_rto = record.watch.finish()
     record.rto = Target(rto_target_s, measured_rto)
+    picked = record.extra.get("pick") or {}
+    if taken_at is not None and picked.get("newest_key") not in (None, picked.get("key")):
+        taken_at = datetime.fromisoformat(picked["newest_taken_at"])
     if taken_at is not None:
         age = (record.watch.started_at - taken_at.astimezone(UTC)).total_seconds()
         record.rpo = Target(rpo_target_s, max(age, 0.0))

@@ -41,6 +41,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--target-time", default=None, help="pitr: recover to this ISO time")
     parser.add_argument(
+        "--pick",
+        default=None,
+        metavar="RULE",
+        help="which backup to drill: latest, oldest, random, random:SEED, at:ISO-TIME "
+        "([drill] pick)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="replay a random pick drawn with this seed"
+    )
+    parser.add_argument(
         "--accept-shrink",
         default=None,
         metavar="REASON",
@@ -98,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
         overrides["report.dir"] = args.report_dir
     if getattr(args, "target_time", None):
         overrides["pitr.target"] = args.target_time
+    overrides |= pick_override(getattr(args, "pick", None), getattr(args, "seed", None))
     config = load_config(config_path, overrides=overrides)
     accept = getattr(args, "accept_shrink", None)
     if accept is not None and not accept.strip():
@@ -257,6 +268,15 @@ def new_run_dir(report_dir: Path) -> Path:
     tmp.symlink_to(stamp)
     tmp.replace(latest)
     return run_dir.resolve()
+
+
+def pick_override(pick: str | None, seed: int | None) -> dict[str, str]:
+    """`--pick` and `--seed` as the `drill.pick` key (a seed alone means a random pick)."""
+    if seed is None:
+        return {"drill.pick": pick} if pick else {}
+    if pick not in (None, "random"):
+        raise ConfigError(f"--seed replays a random pick; it cannot go with --pick {pick}")
+    return {"drill.pick": f"random:{seed}"}
 
 
 def _overrides(items: list[str]) -> dict[str, str]:

@@ -27,6 +27,8 @@ from drills.backup.marks import suspect_causes
 from drills.config import CONFIG_ENV, DEFAULT_FILE, Config, load_config
 from drills.config.clock import human
 from drills.config.errors import ConfigError, DrillError
+from drills.report import evidence
+from drills.report.coverage import coverage
 from drills.report.verdicts import last_drills
 from drills.storage import catalog, open_storage
 
@@ -192,14 +194,42 @@ def main(args: argparse.Namespace) -> int:
     failed, else 1."""
     config = load_config(args.config)
     status = collect(config)
-    status["drills"] = drill_status(config, Path(args.report_dir or config.report.dir))
+    report_dir = Path(args.report_dir or config.report.dir)
+    status["drills"] = drill_status(config, report_dir)
+    status["window"] = window_status(config, report_dir, datetime.now(UTC))
     status["ok"] = status["ok"] and all(d["verdict"] != "fail" for d in status["drills"].values())
-    print(json.dumps(status, indent=2) if args.json else render(status) + render_drills(status))
+    shown = render(status) + render_drills(status) + render_window(status)
+    print(json.dumps(status, indent=2) if args.json else shown)
     if args.notify:
         from drills.notify import announce_status
 
         announce_status(status, config)  # reported on stderr when a channel fails; never raises
     return 0 if status["ok"] else 1
+
+
+# -- which days of the promised window each kind's drills have restored, from the history
+
+
+def window_status(config: Config, report_dir: Path, now: datetime) -> dict[str, dict]:
+    """Per configured kind, the promised window's days and which were ever drilled."""
+    days = config.drill.retention_days or config.backup.retention_days
+    history = evidence.read_history(report_dir)
+    return {k: coverage(history, k, days, now) for k in KINDS if getattr(config, k) is not None}
+
+
+def render_window(status: dict) -> str:
+    """The window's calendars, for people: one mark a day, oldest first."""
+    rows = status.get("window") or {}
+    if not rows:
+        return ""
+    lines = ["", "days of the promised window drilled (# passed, x failed, . never):"]
+    for kind, row in rows.items():
+        lines.append(
+            f"  {kind:<8} {row['first_day']} [{row['calendar']}] {row['last_day']}: "
+            f"{row['days_drilled']} of {row['days_in_window']} days drilled, "
+            f"{row['days_passed']} passed"
+        )
+    return "\n".join(lines)
 
 
 # -- each configured drill's last verdict and cause, read from the report directory

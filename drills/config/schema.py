@@ -24,6 +24,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from drills.config.picking import pick_problem
+
 MINUTE = 60.0
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
@@ -250,6 +252,15 @@ class StorageSettings:
         None, "Server-side encryption the producers ask for on upload; unset asks for none."
     )
     prefixes: StoragePrefixes = knob(factory=StoragePrefixes, doc="Key prefix of each kind.")
+    thaw: Literal["Expedited", "Standard", "Bulk"] | None = knob(
+        None,
+        "Retrieval tier of the restore request a drill issues for a backup in an archive class "
+        "(GLACIER, DEEP_ARCHIVE), waited for as the phase thaw; unset: such a backup fails as "
+        "unreadable.",
+    )
+    thaw_timeout: float | None = knob(
+        None, "Bound on the thaw phase; unset: the drill's RTO target."
+    )
 
 
 @dataclass(frozen=True)
@@ -286,6 +297,25 @@ class TargetSettings:
         False,
         "Fail when the restore time projected to [database] production_bytes exceeds the RTO "
         "(false: report the projection only).",
+    )
+
+
+@dataclass(frozen=True)
+class DrillSettings:
+    """[drill]: which backup each drill restores, inside which promised window."""
+
+    pick: str = knob(
+        "latest",
+        'Which backup: "latest", "oldest" (the oldest inside the window), "random" (uniform '
+        'among those inside the window, its seed recorded), "random:<seed>" (replay a draw), '
+        '"at:<ISO time>" (the newest at or before it).',
+        check=pick_problem,
+    )
+    retention_days: int | None = knob(
+        None,
+        "Days of backups the estate promises to restore (the window oldest and random pick "
+        "from); unset: [backup] retention_days.",
+        check=_positive,
     )
 
 
@@ -784,6 +814,7 @@ class Config:
     estate: EstateSettings = knob(factory=EstateSettings, doc="The estate.")
     storage: StorageSettings = knob(factory=StorageSettings, doc="Backup storage.")
     targets: TargetSettings = knob(factory=TargetSettings, doc="RTO/RPO targets.")
+    drill: DrillSettings = knob(factory=DrillSettings, doc="Which backup is drilled.")
     database: DatabaseSettings | None = knob(None, "The database drill; None: not drilled.")
     files: FilesSettings | None = knob(None, "The files drill; None: not drilled.")
     config: ConfigFilesSettings | None = knob(None, "The config drill; None: not drilled.")

@@ -307,6 +307,8 @@ def history_entry(document: dict, run: str) -> dict[str, Any]:
             "rpo_measured_s": rpo.get("measured_s"),
             # What the next drill's plausibility checks compare with (drills.checks.plausibility).
             "backup": {"key": backup.get("key"), "taken_at": backup.get("taken_at")},
+            # How it was chosen (`[drill] pick`): `drill status` draws the window's drilled days.
+            "pick": (drill.get("pick") or {}).get("replay"),
             "profile": drill.get("profile"),
         }
     return {

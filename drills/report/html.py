@@ -32,7 +32,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 SHOWN = {
     "kind", "verdict", "started_at", "phases", "rto", "rpo", "checks", "error", "notes",
     "restore", "restore_target", "postgres_major", "containers", "logs", "failed_command",
-    "profile", "plausibility", "first_cause", "culprit", "posture",
+    "profile", "plausibility", "first_cause", "culprit", "posture", "pick",
 }  # fmt: skip
 # Profile fields too large or too detailed for the comparison table (they stay in drill.json).
 PROFILE_DETAIL = {"rows", "inventory", "estimated", "files"}

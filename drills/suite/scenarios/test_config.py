@@ -19,6 +19,7 @@ import functools
 import pytest
 
 from drills.checks import plausibility, plausibility_config
+from drills.checks.choice import Choice
 from drills.checks.conclusion import conclude, locate_with_previous
 from drills.restore.config import archive_names, check_config, restore_config
 from drills.suite.fixtures import configured, drill_history
@@ -38,6 +39,7 @@ def test_latest_config_archive_restores(
         record,
         drill_config.storage.prefixes.config,
         zone=drill_config.storage.name_timezone,
+        choice=Choice.of(drill_config, "config"),
     )
 
     with contextlib.ExitStack() as extracted:  # the extracted files are removed on exit

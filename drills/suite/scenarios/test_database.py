@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from drills.checks import check_database, connect_restored, plausibility
+from drills.checks.choice import Choice
 from drills.checks.conclusion import conclude, locate_with_previous
 from drills.checks.projection import project_rto
 from drills.checks.recovery_point import measure_recovery_point
@@ -36,6 +37,7 @@ def test_latest_database_backup_restores(
         record,
         drill_config.storage.prefixes.database,
         zone=drill_config.storage.name_timezone,
+        choice=Choice.of(drill_config, "database"),
     )
 
     with record.watch.phase("verify"):

@@ -21,6 +21,7 @@ import functools
 import pytest
 
 from drills.checks import plausibility, plausibility_files
+from drills.checks.choice import Choice
 from drills.checks.conclusion import conclude, locate_with_previous
 from drills.restore.files import check_files, landed_files, read_restored_file, restore_files
 from drills.runtime import images
@@ -49,6 +50,7 @@ def test_latest_uploads_snapshot_restores(
         record,
         drill_config.storage.prefixes.files,
         zone=drill_config.storage.name_timezone,
+        choice=Choice.of(drill_config, "files"),
     )
 
     with record.watch.phase("provision"):
