@@ -1,9 +1,10 @@
 """How a drill chooses its backup: the pick rule and the promised window, from the configuration.
 
 `Choice.of(config, kind)` resolves `[drill] pick` and `[drill] retention_days` (unset:
-`[backup] retention_days`) once; `choose()` applies them to a catalog listing and writes the
-pick into the record (drill.json's ``pick``), with a note when the drilled backup is not the
-newest (its age is then not the RPO: the newest backup's is).
+`[backup] retention_days`), with `[storage] thaw` and the kind's RTO, once; `choose()`
+applies them to a catalog listing and writes the pick into the record (drill.json's
+``pick``), with a note when the drilled backup is not the newest (its age is then not the
+RPO: the newest backup's is).
 """
 
 from __future__ import annotations
@@ -25,13 +26,23 @@ class Choice:
 
     rule: PickRule = field(default_factory=PickRule)
     retention: timedelta = timedelta(days=30)
+    thaw: str | None = None
+    """`[storage] thaw`: the retrieval tier of an archived backup's restore request."""
+    thaw_timeout: float | None = None
+    rto_s: float | None = None
+    """The drill's RTO target, which an archive retrieval must fit."""
 
     @classmethod
     def of(cls, config: Config, kind: str) -> Choice:
         """The choice `config` asks for, for a drill of `kind`."""
-        del kind  # one rule for every kind today; the signature leaves room for one per kind
         days = config.drill.retention_days or config.backup.retention_days
-        return cls(parse_pick(config.drill.pick), timedelta(days=days))
+        return cls(
+            parse_pick(config.drill.pick),
+            timedelta(days=days),
+            thaw=config.storage.thaw,
+            thaw_timeout=config.storage.thaw_timeout,
+            rto_s=getattr(config.targets.rto, kind, None),
+        )
 
 
 def choose(backups: Sequence[Backup], record: DrillRecord, choice: Choice) -> Picked:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from drills.checks.archive import judge_archive, thaw_backup
 from drills.checks.choice import Choice, choose
 from drills.config.clock import Target, human
 from drills.config.errors import DrillError, StorageError
@@ -55,7 +56,9 @@ def locate_with_previous(
         if choice is None:
             backup = catalog.latest(backups)
         else:
-            backup = choose(backups, record, choice).backup
+            picked = choose(backups, record, choice)
+            backup = picked.backup
+            judge_archive(storage, backups, picked, record, choice)
     earlier = [b for b in backups if (b.taken_at, b.key) < (backup.taken_at, backup.key)]
     previous = catalog.latest(earlier) if earlier else None
     record.backup = describe(backup)
@@ -64,6 +67,8 @@ def locate_with_previous(
     if backup.manifest_key is None:
         cannot = _MIRROR if backup.format == catalog.MIRROR else _WITHOUT_MANIFEST.get(kind, "")
         record.notes.append(f"{backup.key} has no manifest: {cannot}")
+    if choice is not None:
+        thaw_backup(storage, backup, record, choice)
     return backup, previous
 
 

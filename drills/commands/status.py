@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from drills.report import evidence
 from drills.report.coverage import coverage
 from drills.report.verdicts import last_drills
 from drills.storage import catalog, open_storage
+from drills.storage.tiers import documented
 
 KINDS = ("database", "files", "config")
 PITR_KINDS = ("base", "wal")
@@ -135,6 +137,8 @@ def _kind_status(storage, config: Config, kind: str, now: datetime) -> dict:
         "within_rpo": age <= target,
         "suspect": suspect,
         "manifests": f"{with_manifest}/{len(backups)}",
+        # Each backup's S3 storage class (none for local files): an archived one needs a thaw.
+        "classes": dict(Counter(b.storage_class for b in backups if b.storage_class)),
         "error": None,
     }
 
@@ -178,6 +182,10 @@ def render(status: dict) -> str:
             lines.append(f"{kind}: newest backup is SUSPECT: {'; '.join(row['suspect'])}")
         if row.get("holes"):
             lines.append(f"{kind}: {'; '.join(row['holes'])}")
+        archived = {c: n for c, n in (row.get("classes") or {}).items() if c != "STANDARD"}
+        if archived:
+            counts = ", ".join(f"{n} in {c} ({documented(c)})" for c, n in sorted(archived.items()))
+            lines.append(f"{kind}: storage classes: {counts}")
     return "\n".join(lines)
 
 

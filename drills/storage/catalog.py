@@ -52,6 +52,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from drills.config.errors import ConfigError, DrillError, IntegrityError, StorageError
 from drills.storage import LocalStorage, ObjectInfo, Storage
 from drills.storage.manifest import SUFFIX, Manifest, manifest_key
+from drills.storage.tiers import coldness
 
 DEFAULT_PREFIXES = {"database": "database/", "files": "files/", "config": "config/"}
 
@@ -109,6 +110,7 @@ class Backup:
     encrypted: bool = False
     database: str | None = None
     storage_class: str | None = None
+    """The S3 storage class of its coldest object (None: a local file)."""
     manifest_problem: str | None = None
     loaded_manifest: Manifest | None = field(default=None, repr=False)
     name_time: datetime | None = None
@@ -152,7 +154,9 @@ class _Candidate:
         self.objects += 1
         self.size += info.size
         self.modified = max(self.modified, info.modified)
-        self.storage_class = self.storage_class or info.storage_class
+        # A backup of many objects is as slow to read as its coldest one.
+        if info.storage_class and coldness(info.storage_class) >= coldness(self.storage_class):
+            self.storage_class = info.storage_class
 
 
 def list_backups(

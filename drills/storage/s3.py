@@ -326,6 +326,47 @@ class S3Storage:
         except botocore.exceptions.BotoCoreError as exc:
             raise self._error(exc, upload.key) from None
 
+    # -- archive classes: lifecycle rules, restore requests (drills.storage.thaw)
+
+    def bucket_key(self, key: str) -> str:
+        """The key in the bucket (with the storage's prefix), as lifecycle filters see it."""
+        return self.prefix + key
+
+    def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules as S3 gives them; [] when it has none."""
+        try:
+            answer = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) == "NoSuchLifecycleConfiguration":
+                return []
+            raise self._error(exc) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc) from None
+        return list(answer.get("Rules", []))
+
+    def request_restore(self, key: str, tier: str, days: int = 1) -> None:
+        """Ask for a temporary copy of an archived object (GLACIER, DEEP_ARCHIVE) for `days`,
+        retrieved by `tier`; a restore already in progress is left to finish."""
+        request = {"Days": days, "GlacierJobParameters": {"Tier": tier}}
+        try:
+            self.client.restore_object(
+                Bucket=self.bucket, Key=self.prefix + key, RestoreRequest=request
+            )
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) != "RestoreAlreadyInProgress":
+                raise self._error(exc, key) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._error(exc, key) from None
+
+    def restore_state(self, key: str) -> str | None:
+        """An object's restore as S3 says it (x-amz-restore): None when none was asked for,
+        else e.g. 'ongoing-request="true"'."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, key) from None
+        return head.get("Restore")
+
     def _extra(self, data: bytes | None = None) -> dict[str, str]:
         extra = {"ServerSideEncryption": self.sse} if self.sse else {}
         if data is not None:

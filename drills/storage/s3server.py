@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -113,6 +114,26 @@ class EmbeddedS3:
             ),
         )
 
+    def set_restore_delay(self, seconds: float) -> None:
+        """How long a restore of an archived object (GLACIER, DEEP_ARCHIVE) stays in progress
+        from its request; 0 (moto's default): restored at once. A simulated retrieval time:
+        AWS's are minutes to hours (`drills.storage.tiers`)."""
+        transition = (
+            {"progression": "time", "seconds": seconds}
+            if seconds > 0
+            else {"progression": "immediate"}
+        )
+        body = json.dumps({"model_name": "s3::keyrestore", "transition": transition}).encode()
+        request = urllib.request.Request(
+            f"{self.endpoint_url}/moto-api/state-manager/set-transition", data=body, method="POST"
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=5.0) as response:
+            if response.status not in (200, 201):
+                raise EnvironmentProblem(
+                    f"embedded S3: setting the restore delay answered HTTP {response.status}"
+                )
+
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the server (kill it after `timeout` seconds) and reap it. Idempotent."""
         atexit.unregister(self.stop)
@@ -148,7 +169,9 @@ class EmbeddedS3:
             self._log.close()
         # a file, not a pipe: moto logs every request and nobody reads a pipe while it runs
         self._log = tempfile.TemporaryFile(prefix="embedded-s3-")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        # moto's server, its restores from an archive class timed from the request.
+        cmd = [sys.executable, "-m", "drills.storage.moto_main", "-H", self.host]
+        cmd += ["-p", str(self.port)]
         self._proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
