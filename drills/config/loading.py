@@ -378,6 +378,12 @@ def _convert(kind: Any, raw: Any, text: bool) -> tuple[Any, str | None]:
         items = _list_from_text(raw) if text else raw
         if is_dataclass(item):
             return _tables(item, items, raw)
+        if item is int:
+            if text and isinstance(items, list):  # a single item from the environment: "17"
+                items = [int(i) if isinstance(i, str) and i.strip().isdigit() else i for i in items]
+            if isinstance(items, list) and all(type(i) is int for i in items):
+                return tuple(items), None
+            return None, f"must be a list of integers like [17], got {show(raw)}"
         if isinstance(items, list) and all(isinstance(i, str) and i.strip() for i in items):
             return tuple(items), None
         return None, f'must be a list of non-empty strings like ["a", "b"], got {show(raw)}'

@@ -157,6 +157,10 @@ def _major(major: int) -> str | None:
     return None if major >= 10 else f"must be a PostgreSQL major such as 15 or 17, got {major}"
 
 
+def _majors(majors: tuple[int, ...]) -> str | None:
+    return next((f"holds one that {p}" for m in majors if (p := _major(m))), None)
+
+
 def _owner(owner: str) -> str | None:
     if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", owner):
         return None
@@ -413,6 +417,17 @@ class DatabaseSettings:
     )
     post_restore: tuple[str, ...] = knob(
         (), "Shell commands run after the swap, also when it failed (start the app)."
+    )
+    rehearse_majors: tuple[int, ...] = knob(
+        (),
+        "Newer PostgreSQL majors the drilled dump is also restored into, after the verdict, "
+        "with the same checks timed; what differs is reported (an upgrade rehearsal).",
+        check=_majors,
+    )
+    rehearsal_gates: bool = knob(
+        False,
+        "Fail the drill when a rehearsal into a newer major fails (errors, failed checks, "
+        "objects that did not restore); false: report it only.",
     )
 
 

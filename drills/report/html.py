@@ -33,7 +33,7 @@ SHOWN = {
     "kind", "verdict", "started_at", "phases", "rto", "rpo", "checks", "error", "notes",
     "restore", "restore_target", "postgres_major", "containers", "logs", "failed_command",
     "profile", "plausibility", "first_cause", "culprit", "posture", "pick",
-    "archive", "thaw",
+    "archive", "thaw", "rehearsal",
 }  # fmt: skip
 # Profile fields too large or too detailed for the comparison table (they stay in drill.json).
 PROFILE_DETAIL = {"rows", "inventory", "estimated", "files"}

@@ -6,7 +6,8 @@ of stream and pg_dump's completion marker checked on the way; the roles it refer
 before they are needed) -> check that every object the dump declares exists, tables, data,
 the configured SQL, the manifest's row counts, amcheck -> compare what was restored with the
 last passing drill and the backup before it -> compare the time taken with the RTO and the
-backup's age with the RPO.
+backup's age with the RPO -> with `rehearse_majors`, restore the same dump into each newer
+major and report what differs (an upgrade rehearsal).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from drills.checks.choice import Choice
 from drills.checks.conclusion import conclude, locate_with_previous
 from drills.checks.projection import project_rto
 from drills.checks.recovery_point import measure_recovery_point
+from drills.checks.upgrade import rehearse_upgrades
 from drills.config.errors import DrillError
 from drills.restore import dumpinfo, restore_database
 from drills.suite.fixtures import check_limits, configured, drill_history, secrets, thresholds
@@ -106,3 +108,9 @@ def test_latest_database_backup_restores(
         enforce=targets.enforce_projection,
     )
     conclude(record, targets.rto.database, targets.rpo.database, recovered_at)
+
+    # The same dump into each newer major of `rehearse_majors`, after the verdict's clock stopped.
+    rehearse_upgrades(
+        record, drill_storage, backup, major, settings, restore_target, matched=target,
+        profile=profile, limits=check_limits(settings), secrets=secrets(settings), timeout=bound,
+    )  # fmt: skip
