@@ -16,13 +16,17 @@ from datetime import timedelta
 
 import pytest
 
+from drills.storage.catalog import latest, list_backups
 from drills.storage.lifecycle import EXPIRED, class_at, parse_rules
+from drills.storage.thaw import archived_objects, thaw
 from drills.storage.tiers import documented, retrieval
 from fixtures.estate_backups import (
     DB,
     drill_cli,
     put_database_dump,
+    put_files_snapshot,
     run_drill,
+    uploads,
     write_drill_toml,
 )
 from tests.producer_kit import s3_env
@@ -161,6 +165,7 @@ def test_lifecycle_moving_the_window_to_glacier_fails_the_rto_before_the_day_com
     drill = outcome.drill("database")
     assert drill["archive"]["classes_now"] == {"STANDARD": 1}
     assert drill["archive"]["classes_on_last_promised_day"] == {"GLACIER": 1}
+    assert drill["archive"]["drilled_class_then"] == "GLACIER"
     tier = _checks(drill)["archive retrieval fits the RTO"]
     assert tier["passed"] is False
     assert "by their last promised day (lifecycle rule runbook)" in tier["detail"]
@@ -168,3 +173,24 @@ def test_lifecycle_moving_the_window_to_glacier_fails_the_rto_before_the_day_com
     assert [c["name"] for c in drill["checks"] if not c["passed"]] == [
         "archive retrieval fits the RTO"
     ]
+
+
+def test_a_snapshot_in_deep_archive_thaws_every_object(s3_bucket, slow_restores):
+    """A backup of many objects is as cold as its coldest; each archived object is restored."""
+    key = put_files_snapshot(s3_bucket, uploads(count=6))
+    for info in list(s3_bucket.list(key)):
+        s3_bucket.client.copy_object(
+            Bucket=s3_bucket.bucket,
+            Key=info.key,
+            CopySource={"Bucket": s3_bucket.bucket, "Key": info.key},
+            StorageClass="DEEP_ARCHIVE" if info.key.endswith(".pdf") else "GLACIER",
+        )
+    backup = latest(list_backups(s3_bucket, "files"))
+    assert backup.storage_class == "DEEP_ARCHIVE"
+    archived = archived_objects(s3_bucket, backup)
+    assert len(archived) == 6
+    done = thaw(s3_bucket, archived, "Bulk", timeout=60)
+    assert done.seconds >= slow_restores
+    assert done.classes == ("DEEP_ARCHIVE", "GLACIER")
+    for info in archived:
+        assert s3_bucket.read_bytes(info.key) == uploads(count=6)[info.key[len(key) :]]

@@ -40,23 +40,24 @@ def judge_archive(
     rules = parse_rules(lister()) if lister is not None else []
     later: Counter[str] = Counter()
     moved_by: dict[str, str] = {}
+    days = choice.retention / timedelta(days=1)
     for backup in window:
         # Its last promised day: the window's length after it was taken.
-        cls, rule = class_at(
-            rules,
-            storage.bucket_key(backup.key) if hasattr(storage, "bucket_key") else backup.key,
-            choice.retention / timedelta(days=1),
-            backup.storage_class or "STANDARD",
-        )
+        cls, rule = _class_at(storage, rules, backup, days)
         later[cls] += 1
         if rule:
             moved_by.setdefault(cls, rule)
+    drilled = picked.backup
+    needed, _ = _class_at(storage, rules, drilled, days)
     if not now and not rules:
         return  # local files, or a bucket with no class to tell: nothing to count
     in_use = sorted(set(now) | {c for c in later if c != EXPIRED})
     tier = choice.thaw or DEFAULT_TIER
     record.extra["archive"] = {
-        "drilled_class": picked.backup.storage_class,
+        "drilled_class": drilled.storage_class,
+        # The drilled backup on the last day it is promised: its class then, by the rules.
+        "drilled_last_promised_day": (drilled.taken_at + choice.retention).date().isoformat(),
+        "drilled_class_then": needed,
         "classes_now": dict(now),
         "classes_on_last_promised_day": dict(later),
         "lifecycle_rules": [_rule(r) for r in rules],
@@ -71,6 +72,14 @@ def judge_archive(
     archived = [cls for cls in in_use if needs_restore(cls)]
     if archived and choice.rto_s is not None:
         _check_rto(record, archived, now, later, moved_by, tier, choice.rto_s)
+
+
+def _class_at(
+    storage: Storage, rules: list[Rule], backup: Backup, age_days: float
+) -> tuple[str, str | None]:
+    bucket_key = getattr(storage, "bucket_key", None)
+    key = bucket_key(backup.key) if bucket_key is not None else backup.key
+    return class_at(rules, key, age_days, backup.storage_class or "STANDARD")
 
 
 def _rule(rule: Rule) -> dict:
