@@ -100,6 +100,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run the configured drills; return the exit code."""
     overrides = _overrides(args.set)
+    # Each estate of a many-estates run gets the pick too (and draws its own seed).
+    overrides |= pick_override(getattr(args, "pick", None), getattr(args, "seed", None))
     configs = list(args.config or [])
     if len(configs) > 1 or getattr(args, "estates", None):
         return _many(args, configs, overrides)
@@ -108,7 +110,6 @@ def main(args: argparse.Namespace) -> int:
         overrides["report.dir"] = args.report_dir
     if getattr(args, "target_time", None):
         overrides["pitr.target"] = args.target_time
-    overrides |= pick_override(getattr(args, "pick", None), getattr(args, "seed", None))
     config = load_config(config_path, overrides=overrides)
     accept = getattr(args, "accept_shrink", None)
     if accept is not None and not accept.strip():
