@@ -35,10 +35,9 @@ class Choice:
     @classmethod
     def of(cls, config: Config, kind: str) -> Choice:
         """The choice `config` asks for, for a drill of `kind`."""
-        days = config.drill.retention_days or config.backup.retention_days
         return cls(
             parse_pick(config.drill.pick),
-            timedelta(days=days),
+            timedelta(days=config.promised_days()),
             thaw=config.storage.thaw,
             thaw_timeout=config.storage.thaw_timeout,
             rto_s=getattr(config.targets.rto, kind, None),

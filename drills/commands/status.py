@@ -220,8 +220,8 @@ def main(args: argparse.Namespace) -> int:
 
 def window_status(config: Config, report_dir: Path, now: datetime) -> dict[str, dict]:
     """Per configured kind, the promised window's days and which were ever drilled."""
-    days = config.drill.retention_days or config.backup.retention_days
     history = evidence.read_history(report_dir)
+    days = config.promised_days()
     return {k: coverage(history, k, days, now) for k in KINDS if getattr(config, k) is not None}
 
 

@@ -845,6 +845,11 @@ class Config:
     metrics: MetricsSettings = knob(factory=MetricsSettings, doc="Prometheus metrics.")
     source: Path | None = knob(None, "The file the settings were read from; None: no file.")
 
+    def promised_days(self) -> int:
+        """How many days of backups the estate promises to restore: `[drill] retention_days`,
+        else `[backup] retention_days` (the producers prune nothing younger)."""
+        return self.drill.retention_days or self.backup.retention_days
+
     def configured_drills(self) -> list[str]:
         """The drills this configuration asks for, in the order they run."""
         drills = [kind for kind in ("database", "files", "config") if getattr(self, kind)]

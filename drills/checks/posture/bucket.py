@@ -31,9 +31,9 @@ SECTION_PREFIXES = {
 
 
 def promised_retention_s(config: Config) -> float:
-    """How long the estate promises to keep a backup: `[backup] retention_days` (the
-    producers prune nothing younger; the oldest promised restore point is that old)."""
-    return config.backup.retention_days * DAY
+    """How long the estate promises to keep a backup: `[drill] retention_days`, else
+    `[backup] retention_days` (the oldest promised restore point is that old)."""
+    return config.promised_days() * DAY
 
 
 def lock_window_s(config: Config) -> float:
