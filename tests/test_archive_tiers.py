@@ -113,6 +113,7 @@ def test_glacier_backup_without_thaw_fails_naming_its_class_and_tier(
     assert tier["passed"] is False
     assert "Standard retrieval takes 3-5 hours (documented), over the RTO of 2h" in tier["detail"]
     assert drill["archive"]["retrieval"]["GLACIER"].startswith("Expedited 1-5 minutes")
+    assert any("[storage] thaw" in note for note in drill["notes"])
 
     status = drill_cli("status", "--config", str(config), env={**os.environ, **s3_env(embedded_s3)})
     assert "database: storage classes: 1 in GLACIER (Expedited 1-5 minutes;" in status.stdout

@@ -112,7 +112,14 @@ def _check_rto(record, archived, now, later, moved_by, tier, rto_s) -> None:
 def thaw_backup(storage: Storage, backup: Backup, record: DrillRecord, choice: Choice) -> None:
     """With `[storage] thaw`, restore an archived backup from its archive tier (the phase
     "thaw", counted in the RTO); without, leave it: reading it fails naming its class."""
-    if choice.thaw is None or not needs_restore(backup.storage_class):
+    if not needs_restore(backup.storage_class):
+        return
+    if choice.thaw is None:
+        record.notes.append(
+            f"{backup.key} is in {backup.storage_class}: it cannot be read before a restore "
+            'from the archive; [storage] thaw = "Expedited", "Standard" or "Bulk" has the drill '
+            "ask for it and wait"
+        )
         return
     bound = choice.thaw_timeout or choice.rto_s or 12 * 3600.0
     with record.watch.phase("thaw"):
