@@ -15,6 +15,7 @@ from drills.storage.pick import pick
 from fixtures.estate_backups import (
     DB,
     drill_cli,
+    put_config_archive,
     put_database_dump,
     run_drill,
     write_drill_toml,
@@ -134,3 +135,18 @@ def test_pick_is_in_the_report(window_store):
     assert "Which backup was drilled" in page
     assert outcome.drill("database")["backup"]["key"] in page
     assert "random:7" in page
+
+
+def test_a_config_drill_picks_the_oldest_archive_of_its_window(tmp_path, local_storage):
+    """No container: archives 40 and 20 days old and an hour old, a 30-day promise."""
+    members = {"srv/app/.env.production": b"APP_NAME=drishti\n"}
+    ages = (timedelta(days=40), timedelta(days=20), timedelta(hours=1))
+    keys = [put_config_archive(local_storage, members, age=age) for age in ages]
+    sections = '[config]\nrequired = [".env.production"]\n[drill]\nretention_days = 30\n'
+    config = write_drill_toml(tmp_path, local_storage.url, sections)
+    outcome = run_drill(config, "config", "--pick", "oldest")
+    assert outcome.exit == 0, outcome.output
+    drill = outcome.drill("config")
+    assert drill["backup"]["key"] == keys[1]
+    assert drill["pick"]["newest_key"] == keys[2]
+    assert drill["rpo"]["measured_s"] < 2 * 3600  # the newest archive's age, within 24 h
