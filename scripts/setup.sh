@@ -13,8 +13,9 @@ if [ "${1:-}" = "--shim" ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
+# iproute2: the tests start a second Docker engine on its own bridge (`ip link`).
 DEBIAN_PACKAGES=(docker.io docker-compose debootstrap rsync gnupg zstd postgresql-client chromium
-                 logrotate)
+                 logrotate iproute2)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
