@@ -38,7 +38,19 @@ def test_a_test_session_leaves_nothing_behind(tmp_path, docker_client):
     test_file.write_text(INNER_TEST)
     run_id_file = tmp_path / "run-id"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "fixtures.runtime", str(test_file)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "drills.suite.fixtures",
+            "-p",
+            "drills.suite.public",
+            "-p",
+            "fixtures.runtime",
+            str(test_file),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -248,7 +248,11 @@ class Display(threading.Thread):
         meter = current()
         rate = None
         if meter is not None:
-            rate = self._rates.setdefault(id(meter), Rate()).sample(now, meter.done)
+            if id(meter) not in self._rates:
+                # From the meter's opening: the first line drawn already has a rate.
+                self._rates[id(meter)] = Rate()
+                self._rates[id(meter)].sample(meter.started, 0)
+            rate = self._rates[id(meter)].sample(now, meter.done)
         at = self.phase()
         if at is None:
             return line(None, meter, rate, now) if meter else ""
