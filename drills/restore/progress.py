@@ -164,7 +164,7 @@ class Rate:
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
         then, before = self._samples[0]
-        if now - then < 0.2:
+        if now - then < 0.05:  # too short to tell a rate from noise
             return None
         return max(0, done - before) / (now - then)
 
