@@ -123,6 +123,41 @@ def test_any_chunking_reads_the_same(shaped_dump, chunk):
     assert scan.data_tables == reference.data_tables
 
 
+@pytest.mark.parametrize("chunk", [2, 3, 5, 4096])
+def test_copy_events_mark_every_blocks_rows_in_any_chunking(shaped_dump, chunk):
+    """What the table data's sessions get (`drills.restore.lanes`): the rows of every COPY
+    block, whole, wherever the chunks cut the lines and the end marker."""
+    expected = []
+    for block in shaped_dump.split(b"\nCOPY ")[1:]:
+        line, _, rest = block.partition(b"\n")
+        expected.append(
+            (b"COPY " + line, rest[: rest.index(b"\\.\n")] if rest[:3] != b"\\.\n" else b"")
+        )
+    assert len(expected) >= 4
+    assert all(rows for _, rows in expected[:2])
+
+    scan = DumpScan()
+    found, line, rows = [], None, bytearray()
+    for start in range(0, len(shaped_dump), chunk):
+        out = bytes(scan.feed(shaped_dump[start : start + chunk]))
+        position = 0
+        for at, copy_line, declared in scan.copy_events:
+            if copy_line is not None:
+                assert out[at - len(copy_line) - 1 : at] == copy_line + b"\n"
+                assert declared  # every table's data is of a table the dump creates
+                line, rows, position = copy_line, bytearray(), at
+            else:
+                rows += out[position : max(at, 0)]
+                if at < 0:
+                    del rows[at:]  # the marker began in the chunk before
+                found.append((line, bytes(rows)))
+                line = None
+        if line is not None:
+            rows += out[position:]
+
+    assert found == expected
+
+
 def _cut_after(data: bytes, marker: bytes) -> bytes:
     """The dump up to the end of the statement line that follows `marker`."""
     at = data.index(marker)

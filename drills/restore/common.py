@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import subprocess
 import threading
 import time
@@ -248,6 +249,18 @@ def raise_causes(causes: list[DrillError]) -> None:
 
 
 PIPE_OPEN_SECONDS = 60
+
+
+def psql_input(pg: PostgresContainer, dbname: str, label: str) -> tuple[list[str], tuple | None]:
+    """The psql command line (ON_ERROR_STOP, quiet) of a session into `dbname`, and the named
+    pipe in the target's inbox it reads (host path, container path), made here; no pipe
+    (None) when the inbox does not work: psql then reads `docker exec`'s stdin."""
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d", dbname]
+    pipe = pg.inbox_paths(f"{dbname}-{label}-{secrets.token_hex(4)}.sql")
+    if pipe is not None:
+        os.mkfifo(pipe[0], 0o600)
+        argv += ["-f", pipe[1]]
+    return argv, pipe
 
 
 def open_pipe(path: os.PathLike[str], psql: subprocess.Popen, timeout: float) -> BinaryIO | None:

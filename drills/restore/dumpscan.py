@@ -277,6 +277,16 @@ class DumpScan:
         self._objects = False  # a header of an object (not of the database itself) was read
         self._relations: dict[str, set[str]] = {}  # schema -> declared relation names
         self._data: str | None = None  # the table of the last TABLE DATA header
+        self.copy_events: list[tuple[int, bytes | None, bool]] = []
+        """Where COPY data starts and ends in the bytes the last `feed` returned: (offset,
+        the COPY line, declared) where a block's rows start, (offset, None, False) where its
+        rows end and the end marker begins. `declared`: the block is the TABLE DATA entry
+        of a table this script creates (no index, key or trigger on it before the post-data
+        section). An end's offset is negative when part of the marker was in the bytes of
+        the `feed` before."""
+        self._declared = False
+        self.switches_role = False
+        """The script changes its session's role (SET SESSION AUTHORIZATION, SET ROLE)."""
 
     def feed(self, data: bytes) -> bytes | memoryview:
         """Read the next bytes; return those that may go on to psql now: whole lines (a line
@@ -285,6 +295,7 @@ class DumpScan:
         self.bytes += len(data)
         self.new_roles = set()
         self.post_data_split = None
+        self.copy_events = []
         if self.copy_table is None or self._carry:
             return self._passed(self._lines(data))
         # Inside COPY data (nearly every byte of a dump) the chunk goes on as it is: only
@@ -301,9 +312,11 @@ class DumpScan:
             self.passed += len(data)
             return data
         self.copy_table = None
+        self.copy_events.append((end - len(_COPY_END) + 1, None, False))
         rest = self._lines(data[end:])
         if self.post_data_split is not None:
             self.post_data_split += end
+        self.copy_events[1:] = [(at + end, *event) for at, *event in self.copy_events[1:]]
         return self._passed(b"".join((memoryview(data)[:end], rest)))
 
     def _passed(self, ready: bytes | memoryview) -> bytes | memoryview:
@@ -325,6 +338,8 @@ class DumpScan:
                 position = self._skip_copy(buffer, position)
                 if self.copy_table is not None:
                     break
+                rows_end = _output_offset(position, edits) - len(_COPY_END) + 1
+                self.copy_events.append((rows_end, None, False))
                 continue
             newline = buffer.find(b"\n", position)
             if newline < 0:
@@ -333,6 +348,10 @@ class DumpScan:
             replacement = self._line(buffer[position:newline])
             if replacement is not None:
                 edits.append((position, newline, replacement))
+            if self.copy_table is not None:
+                line = bytes(buffer[position:newline])
+                at = _output_offset(newline + 1, edits)
+                self.copy_events.append((at, line, self._declared))
             if self.headers and not headers and self._preamble_end is None:
                 self._preamble_end = _output_offset(position, edits)
             if self.post_data_seen and not post:
@@ -390,12 +409,15 @@ class DumpScan:
             if match:
                 named = match["table"].decode(errors="replace").strip()
                 self.copy_table = self._data or named
+                self._declared = self._data is not None and self._data in self.table_names
                 return None
         if not raw.startswith(_PARSED) and self._pending is None:
             return None  # INSERT rows of an --inserts dump, function bodies, uninteresting SETs
         line = raw.decode(errors="replace")
         if line.startswith(_ROLE_LINES):
             self._roles(roles_in(line))
+        if line.startswith(("SET SESSION AUTHORIZATION", "SET ROLE")):
+            self.switches_role = True
         replacement = self._rewrite(line)
         if replacement is not None:
             return replacement.encode()

@@ -8,9 +8,12 @@ through its own process), reads the script as it passes (`drills.restore.dumpsca
 roles each block refers to are created before psql gets the block, the completion marker,
 what the dump declares, statements that must not run as written) and writes it to psql.
 
-A dump large enough for it to pay off (`PARALLEL_MIN_BYTES`) has its post-data section (the
-index builds and foreign-key checks) held back and run on several sessions once the data is
-in (`drills.restore.postdata`), as pg_restore --jobs runs an archive's.
+A dump large enough for it to pay off is restored on several sessions, as pg_restore --jobs
+restores an archive, in three steps, each a barrier: the pre-data section through the one
+psql; the rows of every table the script creates cut into pieces at line ends, each piece a
+COPY on whichever session is free (`drills.restore.lanes`, from `FAN_OUT_MIN_BYTES` stored);
+the post-data section (the index builds and foreign-key checks), held back and run on
+several sessions once the data is in (`drills.restore.postdata`, from `PARALLEL_MIN_BYTES`).
 
 Causes, in order of blame: the storage failing; the bytes disagreeing with the manifest
 (the rest of the object is still read and hashed when psql stops early, so the size or
@@ -25,13 +28,13 @@ import contextlib
 import fcntl
 import os
 import queue
-import secrets
 import signal
 import subprocess
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from drills.config.errors import DrillError, IntegrityError, StorageError
@@ -45,11 +48,13 @@ from drills.restore.common import (
     decrypting,
     died,
     open_pipe,
+    psql_input,
     raise_causes,
     tool_failure,
     wait_all,
 )
 from drills.restore.dumpscan import DumpScan
+from drills.restore.lanes import Fanout, Lanes
 from drills.restore.postdata import run_post_data
 from drills.runtime.gpg import GpgPipe
 from drills.runtime.postgres import PostgresContainer
@@ -65,6 +70,9 @@ COMPRESSIONS = ("gzip", "zstd", "none")
 ZSTD = ["zstd", "-dc", "-q"]
 # The script size (decompressed) from which the post-data section runs on several sessions.
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
+# The stored size from which table data is loaded on several sessions (`drills.restore.lanes`):
+# below it, starting the sessions costs more than they save.
+FAN_OUT_MIN_BYTES = 16 * 1024 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 try:
     # ISA-L inflates the same streams, with the same checks (CRC-32 and length of every
@@ -111,11 +119,7 @@ def _stream(
     started: float,
     sessions: int,
 ) -> RestoreResult:
-    psql_argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d", dbname]
-    pipe = pg.inbox_paths(f"{dbname}-{secrets.token_hex(4)}.sql")
-    if pipe is not None:
-        os.mkfifo(pipe[0], 0o600)
-        psql_argv += ["-f", pipe[1]]
+    psql_argv, pipe = psql_input(pg, dbname, "script")
     psql = subprocess.Popen(
         pg.exec_argv(psql_argv, interactive=pipe is None),
         stdin=subprocess.DEVNULL if pipe else subprocess.PIPE,
@@ -156,12 +160,22 @@ def _stream(
         # a size or checksum is only blamed when the bytes themselves disagree.
         reader = _Reader(storage, backup.key, into, drain=manifest is not None)
         pump = _Pump(source, sink, scan, roles, gunzip, split_post_data=sessions > 1)
+        if sessions > 1 and backup.size >= FAN_OUT_MIN_BYTES:
+            pump.fan_out(_Target(pg, dbname, psql, sessions, timeout))
         if sink is None:
             pump.stopped = True  # psql exited before it opened its input; its error says why
         reader.start()
         pump.start()
         procs = [p for p in (gpg.proc if gpg else None, unzstd, psql) if p is not None]
-        wait_all(procs, [reader, pump], timeout, f"restore of {backup.key}")
+        what = f"restore of {backup.key}"
+        try:
+            wait_all(procs, [reader, pump], timeout, what)
+            if pump.fanout is not None and pump.fanout.lanes is not None:
+                pump.fanout.lanes.wait(max(1.0, timeout - (time.monotonic() - started)), what)
+        except DrillError:
+            for lanes in pump.fanout.all() if pump.fanout is not None else ():
+                lanes.kill()
+            raise
     finally:
         if pipe is not None:
             with contextlib.suppress(OSError):
@@ -188,6 +202,14 @@ def _stream(
         output = errors["psql"].text()
         died(pg, backup, causes, output)  # first: the target's death explains the rest
         causes.append(tool_failure(backup, "psql", output))
+    for lanes in pump.fanout.all() if pump.fanout is not None else ():
+        causes += lanes.errors()
+        for output in lanes.failures():
+            died(pg, backup, causes, output)
+            cause = tool_failure(backup, "psql", output)
+            if "COPY " in output and isinstance(cause, RestoreError):
+                cause = RestoreError(f"{cause} ({PIECES_NOTE})")
+            causes.append(cause)
     raise_causes(causes)
     stages = {"load": round(time.monotonic() - started, 3)}
     if pump.post_data is not None:
@@ -205,12 +227,14 @@ def _stream(
         )
     seconds = time.monotonic() - started
     how = "a named pipe" if pipe else "docker exec's stdin"
+    spread = pump.fanout is not None and pump.fanout.spread
     return RestoreResult(
         bytes_read=reader.hashed.bytes_read,
         sha256=reader.hashed.sha256,
         seconds=seconds,
         method=f"stream {'gpg -> ' if gpg else ''}{backup.compression} -> psql (ON_ERROR_STOP) "
         f"through {how}"
+        + (f"; table data on {sessions} sessions" if spread else "")
         + (f"; post-data on {sessions} sessions" if pump.post_data is not None else ""),
         stages=stages,
         facts=scan,
@@ -373,6 +397,40 @@ class _Pump(threading.Thread):
         self.post_data: bytearray | None = None
         """The post-data section, held back for `drills.restore.postdata` when it was split
         off (a dump large enough for parallel sessions to pay off)."""
+        self.fanout: Fanout | None = None
+        self._target: _Target | None = None
+
+    def fan_out(self, target: _Target) -> None:
+        """Load the table data on several sessions of `target` (`drills.restore.lanes`)."""
+        self._target = target
+        self.fanout = Fanout(self.scan, self._write, self._open_lanes)
+
+    def _open_lanes(self, ended: Lanes | None) -> Lanes | None:
+        """The sessions for the table data, once the single psql has run the pre-data
+        section (`ended` None); one session for the rest of the script once `ended` are
+        done (a barrier). None when a session before failed: its error is the cause."""
+        target = self._target
+        if ended is None:
+            self._close_sink()
+            try:
+                target.psql.wait(timeout=target.timeout)
+            except subprocess.TimeoutExpired:
+                return None  # the restore's own bound names it
+            if target.psql.returncode != 0:
+                return None
+        else:
+            ended.wait(target.timeout, "the table data")
+            if ended.failures() or ended.errors():
+                return None
+        sessions = target.sessions if ended is None else 1
+        preamble = self.scan.preamble or b""
+        return Lanes(target.pg, target.dbname, preamble, sessions, target.timeout)
+
+    def _close_sink(self) -> None:
+        if self.sink is not None:
+            with contextlib.suppress(OSError):
+                self.sink.close()
+            self.sink = None
 
     def run(self) -> None:
         try:
@@ -393,9 +451,9 @@ class _Pump(threading.Thread):
             self.error = RestoreError(f"passing the script to psql failed: {exc}")
         finally:
             self.source.reader_close()
-            if self.sink is not None:
-                with contextlib.suppress(OSError):
-                    self.sink.close()
+            self._close_sink()
+            if self.fanout is not None:
+                self.fanout.finish()
 
     def _send(self, ready: bytes | memoryview) -> None:
         if self.scan.new_roles:
@@ -406,14 +464,22 @@ class _Pump(threading.Thread):
             return
         split = self.scan.post_data_split
         if split is not None and self.split_post_data and self._worth_it(len(ready) - split):
-            self._write(memoryview(ready)[:split])
+            events = [event for event in self.scan.copy_events if event[0] <= split]
+            self._route(memoryview(ready)[:split], events)
             self.post_data = bytearray(ready[split:])
-            if self.sink is not None:
-                with contextlib.suppress(OSError):
-                    self.sink.close()  # psql ends with the data; post-data runs in sessions
-                self.sink = None
+            self._close_sink()  # psql ends with the data; post-data runs in sessions
+            if self.fanout is not None:
+                self.fanout.finish()
             return
-        self._write(ready)
+        self._route(ready, self.scan.copy_events)
+
+    def _route(self, ready: bytes | memoryview, events: list) -> None:
+        if self.fanout is None:
+            self._write(ready)
+            return
+        self.fanout.send(ready, events)
+        if self.fanout.stopped:
+            self.stopped = True
 
     def _worth_it(self, held: int) -> bool:
         """Parallel post-data pays off for a large load only: below it, one psql is quicker
@@ -430,6 +496,24 @@ class _Pump(threading.Thread):
                 view = view[self.sink.write(view) :]
         except BrokenPipeError:
             self.stopped = True  # psql stopped reading: its exit status names why
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where the table data's sessions go: the restore target, and the single psql that
+    runs the script up to the data."""
+
+    pg: PostgresContainer
+    dbname: str
+    psql: subprocess.Popen
+    sessions: int
+    timeout: float
+
+
+PIECES_NOTE = (
+    "the table's rows were loaded in pieces on several sessions: line numbers count from "
+    "the start of a piece"
+)
 
 
 class _Empty:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import subprocess
 import threading
 import time
@@ -33,7 +32,14 @@ from dataclasses import dataclass, field
 
 from drills.config.clock import StepTimeout
 from drills.config.errors import DrillError
-from drills.restore.common import Drain, RestoreError, open_pipe, tool_failure, wait_all
+from drills.restore.common import (
+    Drain,
+    RestoreError,
+    open_pipe,
+    psql_input,
+    tool_failure,
+    wait_all,
+)
 from drills.restore.dumpscan import parse_header
 from drills.runtime.postgres import PostgresContainer
 from drills.storage.catalog import Backup
@@ -200,12 +206,7 @@ class _Session:
         self, pg: PostgresContainer, dbname: str, preamble: bytes, entries: list[Entry]
     ) -> None:
         self.pg, self.entries, self.preamble = pg, entries, preamble
-        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-d", dbname]
-        self.pipe = pg.inbox_paths(f"{dbname}-post-{secrets.token_hex(4)}.sql")
-        if self.pipe is not None:
-            os.mkfifo(self.pipe[0], 0o600)
-            argv += ["-f", self.pipe[1]]
-        self.argv = argv
+        self.argv, self.pipe = psql_input(pg, dbname, "post")
         self.psql: subprocess.Popen | None = None
         self.errors: Drain | None = None
         self.feeder = _Feeder(self)
