@@ -259,7 +259,6 @@ class Fanout:
         """Every session ends; the rest goes to one new session, in order."""
         self.lanes.finish()
         self.ended.append(self.lanes)
-        self.lanes = None
         self.serial = True
         self.lanes = self.open_lanes(self.ended[-1])
         if self.lanes is None:
